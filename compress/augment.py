@@ -1,0 +1,185 @@
+"""Image geometry for training and evaluation: letterbox, random scale/crop, flip, colour jitter, mosaic.
+
+Every geometric step is one affine map (scale + translation) applied with a single ``cv2.warpAffine``, so the
+boxes follow the image exactly. The letterbox used at evaluation time is the same one that the deploy bundle's
+manifest describes for the device (scale to fit, centred, padded with ``pad_value``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def letterbox_params(width: int, height: int, size: int) -> Tuple[float, float, float]:
+    """Scale and (dx, dy) offsets that fit a width x height image centred into a size x size square."""
+    scale = min(size / width, size / height)
+    dx = (size - width * scale) / 2.0
+    dy = (size - height * scale) / 2.0
+    return scale, dx, dy
+
+
+def warp(image: np.ndarray, scale: float, dx: float, dy: float, size: int, pad_value: int = PAD_VALUE) -> np.ndarray:
+    matrix = np.array([[scale, 0.0, dx], [0.0, scale, dy]], dtype=np.float64)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(
+        image, matrix, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3
+    )
+
+
+def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> Tuple[np.ndarray, Tuple[float, float, float]]:
+    h, w = image.shape[:2]
+    scale, dx, dy = letterbox_params(w, h, size)
+    return warp(image, scale, dx, dy, size, pad_value), (scale, dx, dy)
+
+
+def transform_boxes(boxes: np.ndarray, scale: float, dx: float, dy: float) -> np.ndarray:
+    out = boxes.astype(np.float32).copy()
+    out[:, [0, 2]] = out[:, [0, 2]] * scale + dx
+    out[:, [1, 3]] = out[:, [1, 3]] * scale + dy
+    return out
+
+
+def to_tensor_layout(image_bgr: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """BGR uint8 HWC -> normalised RGB float32 CHW."""
+    rgb = image_bgr[:, :, ::-1].astype(np.float32) / 255.0
+    rgb = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, hgain=0.015, sgain=0.6, vgain=0.35) -> np.ndarray:
+    """Random HSV gains (the YOLO recipe)."""
+    gains = rng.uniform(-1, 1, 3) * np.array([hgain, sgain, vgain]) + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_BGR2HSV))
+    x = np.arange(256, dtype=np.float32)
+    lut_h = ((x * gains[0]) % 180).astype(np.uint8)
+    lut_s = np.clip(x * gains[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(x * gains[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def clip_and_filter(
+    boxes: np.ndarray, labels: np.ndarray, orig_area: np.ndarray, size: int, min_size: float = 2.0,
+    min_visible: float = 0.25,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Clip boxes to the canvas, drop those mostly cropped away or too small."""
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, size)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, size)
+    w = clipped[:, 2] - clipped[:, 0]
+    h = clipped[:, 3] - clipped[:, 1]
+    keep = (w >= min_size) & (h >= min_size) & (w * h >= min_visible * np.maximum(orig_area, 1e-6))
+    return clipped[keep], labels[keep]
+
+
+def random_affine(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    scale_range: Tuple[float, float] = (0.5, 1.5),
+    flip_prob: float = 0.5,
+    pad_value: int = PAD_VALUE,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Letterbox scale times a random factor, random placement (crop or pad), optional horizontal flip."""
+    h, w = image.shape[:2]
+    base, _, _ = letterbox_params(w, h, size)
+    scale = base * float(rng.uniform(*scale_range))
+    new_w, new_h = w * scale, h * scale
+    # Placement: anywhere such that the image overlaps the canvas by at least half of the smaller extent.
+    dx = float(rng.uniform(min(0.0, size - new_w), max(0.0, size - new_w)))
+    dy = float(rng.uniform(min(0.0, size - new_h), max(0.0, size - new_h)))
+    if rng.random() < flip_prob:
+        # Flip maps x -> (w - x): fold it into the affine map.
+        matrix = np.array([[-scale, 0.0, dx + new_w], [0.0, scale, dy]], dtype=np.float64)
+        flipped = boxes.copy()
+        flipped[:, 0], flipped[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
+        boxes = flipped
+        sx, tx = scale, dx
+    else:
+        matrix = np.array([[scale, 0.0, dx], [0.0, scale, dy]], dtype=np.float64)
+        sx, tx = scale, dx
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = cv2.warpAffine(
+        image, matrix, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3
+    )
+    tb = transform_boxes(boxes, sx, tx, dy)
+    orig_area = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
+    tb, labels = clip_and_filter(tb, labels, orig_area, size)
+    return out, tb, labels
+
+
+def mosaic(
+    images: list, boxes_list: list, labels_list: list, size: int, rng: np.random.Generator,
+    pad_value: int = PAD_VALUE,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four images, each letterboxed into one quadrant of a 2*size canvas at a random centre, then halved."""
+    big = 2 * size
+    canvas = np.full((big, big, 3), pad_value, dtype=np.uint8)
+    cx, cy = (int(rng.uniform(0.5 * size, 1.5 * size)) for _ in range(2))
+    all_boxes, all_labels = [], []
+    for k, (img, bx, lb) in enumerate(zip(images, boxes_list, labels_list)):
+        h, w = img.shape[:2]
+        s = size / max(h, w) * float(rng.uniform(0.7, 1.3))
+        nw, nh = w * s, h * s
+        x0 = cx - nw if k in (0, 2) else cx
+        y0 = cy - nh if k in (0, 1) else cy
+        matrix = np.array([[s, 0.0, x0], [0.0, s, y0]], dtype=np.float64)
+        # Render the quadrant only, so images do not overwrite each other outside their cell.
+        qx0, qy0 = (0, 0) if k == 0 else (cx, 0) if k == 1 else (0, cy) if k == 2 else (cx, cy)
+        qx1, qy1 = (cx, cy) if k == 0 else (big, cy) if k == 1 else (cx, big) if k == 2 else (big, big)
+        if qx1 <= qx0 or qy1 <= qy0:
+            continue
+        m = matrix.copy()
+        m[0, 2] -= qx0
+        m[1, 2] -= qy0
+        tile = cv2.warpAffine(img, m, (qx1 - qx0, qy1 - qy0), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3)
+        canvas[qy0:qy1, qx0:qx1] = tile
+        tb = transform_boxes(bx, s, x0, y0)
+        area = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
+        tb[:, [0, 2]] = tb[:, [0, 2]].clip(qx0, qx1)
+        tb[:, [1, 3]] = tb[:, [1, 3]].clip(qy0, qy1)
+        w_ = tb[:, 2] - tb[:, 0]
+        h_ = tb[:, 3] - tb[:, 1]
+        keep = (w_ * h_ >= 0.25 * np.maximum(area, 1e-6)) & (w_ > 2) & (h_ > 2)
+        all_boxes.append(tb[keep])
+        all_labels.append(lb[keep])
+    out = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    boxes = np.concatenate(all_boxes, 0) * 0.5 if all_boxes else np.zeros((0, 4), np.float32)
+    labels = np.concatenate(all_labels, 0) if all_labels else np.zeros((0,), np.int64)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    boxes, labels = clip_and_filter(boxes.astype(np.float32), labels, area, size)
+    return out, boxes, labels
+
+
+def maybe(rng: np.random.Generator, p: float) -> bool:
+    return p > 0 and rng.random() < p
+
+
+def train_sample(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator,
+    scale_range=(0.5, 1.5), flip_prob=0.5, jitter=True, extra: Optional[list] = None, mosaic_prob: float = 0.0,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented training sample. ``extra`` holds three more (image, boxes, labels) for mosaic."""
+    if extra is not None and maybe(rng, mosaic_prob):
+        imgs = [image] + [e[0] for e in extra]
+        bxs = [boxes] + [e[1] for e in extra]
+        lbs = [labels] + [e[2] for e in extra]
+        out, b, lb = mosaic(imgs, bxs, lbs, size, rng)
+        if rng.random() < flip_prob:
+            out = out[:, ::-1].copy()
+            b = b.copy()
+            b[:, 0], b[:, 2] = size - b[:, 2], size - b[:, 0].copy()
+    else:
+        out, b, lb = random_affine(image, boxes, labels, size, rng, scale_range, flip_prob)
+    if jitter:
+        out = colour_jitter(out, rng)
+    return out, b, lb

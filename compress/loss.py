@@ -1,0 +1,129 @@
+"""Training targets and loss of the anchor-free detector.
+
+Assignment (FCOS with centre sampling): a grid point is positive for a ground-truth box when it lies inside the
+box and within ``radius * stride`` of the box centre, and the box's largest point-to-edge distance falls in the
+level's scale range; a point claimed by several boxes takes the smallest. Loss: quality focal loss on the class
+scores with the IoU of the predicted box as the soft target (so the score also ranks localisation quality, no
+separate centre-ness branch), plus GIoU loss on the positives.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from compress.detector import Detector, grid_points
+
+INF = 1e8
+
+
+def scale_ranges(strides: Sequence[int]) -> List[Tuple[float, float]]:
+    # Level k handles objects whose largest centre-to-edge distance is in [lo, hi): 8 -> [0, 64), 16 -> [64, 128).
+    bounds = [0.0] + [8.0 * s for s in strides[1:]] + [INF]
+    return [(bounds[i], bounds[i + 1]) for i in range(len(strides))]
+
+
+def box_iou_aligned(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> Tuple[torch.Tensor, torch.Tensor]:
+    """IoU and GIoU of matching rows of two (N, 4) box tensors."""
+    lt = torch.max(a[:, :2], b[:, :2])
+    rb = torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    union = area_a + area_b - inter + eps
+    iou = inter / union
+    enc = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0).prod(1) + eps
+    giou = iou - (enc - union) / enc
+    return iou, giou
+
+
+@torch.no_grad()
+def assign(
+    centres: torch.Tensor, strides: torch.Tensor, level_of_point: torch.Tensor, gt_boxes: torch.Tensor,
+    ranges: List[Tuple[float, float]], radius: float = 2.5,
+) -> torch.Tensor:
+    """Index of the assigned ground-truth box for every point, -1 for background."""
+    n, m = centres.shape[0], gt_boxes.shape[0]
+    if m == 0:
+        return torch.full((n,), -1, dtype=torch.long)
+    x, y = centres[:, 0:1], centres[:, 1:2]
+    l = x - gt_boxes[None, :, 0]
+    t = y - gt_boxes[None, :, 1]
+    r = gt_boxes[None, :, 2] - x
+    b = gt_boxes[None, :, 3] - y
+    ltrb = torch.stack([l, t, r, b], -1)  # (N, M, 4)
+    inside = ltrb.min(-1).values > 0
+    cx = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2
+    cy = (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
+    rad = strides[:, None] * radius
+    in_centre = ((x - cx[None]).abs() < rad) & ((y - cy[None]).abs() < rad)
+    max_d = ltrb.max(-1).values
+    lo = torch.tensor([r_[0] for r_ in ranges])[level_of_point][:, None]
+    hi = torch.tensor([r_[1] for r_ in ranges])[level_of_point][:, None]
+    in_range = (max_d >= lo) & (max_d < hi)
+    # Small objects always get their centre point on the finest level, even if it is off-centre.
+    ok = inside & in_centre & in_range
+    area = ((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1]))[None].expand(n, m).clone()
+    area[~ok] = INF
+    best_area, best = area.min(1)
+    best[best_area >= INF] = -1
+    return best
+
+
+class DetectionLoss:
+    def __init__(self, model: Detector, box_weight: float = 2.0, radius: float = 2.5, qfl_beta: float = 2.0) -> None:
+        self.num_classes = model.config.num_classes
+        self.strides = model.strides
+        self.ranges = scale_ranges(self.strides)
+        self.box_weight = box_weight
+        self.radius = radius
+        self.beta = qfl_beta
+        self._cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _points(self, sizes: List[Tuple[int, int]]):
+        key = tuple(sizes)
+        if key not in self._cache:
+            centres, strides = grid_points(sizes, self.strides)
+            levels = torch.cat([torch.full((h * w,), k, dtype=torch.long) for k, (h, w) in enumerate(sizes)])
+            self._cache[key] = (centres, strides, levels)
+        return self._cache[key]
+
+    def __call__(self, model: Detector, outs: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]]):
+        logits, log_dist, sizes = model.flatten(outs)
+        centres, strides, levels = self._points(sizes)
+        bsz, n, c = logits.shape
+        dist = torch.exp(log_dist.clamp(max=model.MAX_LOG_DISTANCE)) * strides[None, :, None]
+        pred_boxes = torch.cat([centres[None] - dist[..., :2], centres[None] + dist[..., 2:]], -1)
+
+        score_target = torch.zeros_like(logits)
+        pos_pred, pos_gt = [], []
+        pos_index = []
+        for i, tgt in enumerate(targets):
+            gt_idx = assign(centres, strides, levels, tgt["boxes"], self.ranges, self.radius)
+            pos = torch.nonzero(gt_idx >= 0).squeeze(1)
+            if pos.numel() == 0:
+                continue
+            pos_pred.append(pred_boxes[i, pos])
+            pos_gt.append(tgt["boxes"][gt_idx[pos]])
+            pos_index.append((i, pos, tgt["labels"][gt_idx[pos]]))
+        num_pos = max(sum(p.numel() for _, p, _ in pos_index), 1)
+        if pos_pred:
+            pp, pg = torch.cat(pos_pred), torch.cat(pos_gt)
+            iou, giou = box_iou_aligned(pp, pg)
+            start = 0
+            for i, pos, labels in pos_index:
+                k = pos.numel()
+                score_target[i, pos, labels] = iou[start:start + k].detach().clamp(min=0.0).to(score_target.dtype)
+                start += k
+            # Weight box loss by the target quality so ambiguous points matter less (GFL-style).
+            weight = iou.detach().clamp(min=0.1)
+            box_loss = ((1 - giou) * weight).sum() / weight.sum().clamp(min=1e-6)
+        else:
+            box_loss = pred_boxes.sum() * 0.0
+        # Quality focal loss: BCE against the soft IoU target, modulated by |target - sigmoid|^beta.
+        prob = logits.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(logits, score_target, reduction="none")
+        qfl = (bce * (prob - score_target).abs().pow(self.beta)).sum() / num_pos
+        total = qfl + self.box_weight * box_loss
+        return total, {"cls": float(qfl.detach()), "box": float(box_loss.detach()), "pos": float(num_pos) / bsz}

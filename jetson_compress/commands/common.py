@@ -1,0 +1,40 @@
+"""Argument groups shared by several subcommands, and the helpers that turn them into configuration."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+from jetson_compress.config import load_config, override
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML configuration (defaults: configs/default.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one configuration value (repeatable)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="VOCdevkit root (else $JETSON_COMPRESS_DATA, else data/VOCdevkit)")
+    p.add_argument("--year", help="VOC year folder, e.g. VOC2007 (auto-detected when there is one)")
+    p.add_argument("--classes", help="comma-separated class subset (default: person)")
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip bad images (malformed XML, missing/unreadable image...) with a counted warning")
+
+
+def resolve(args: argparse.Namespace) -> Dict[str, Any]:
+    cfg = load_config(getattr(args, "config", None), getattr(args, "set", []) or [])
+    override(cfg, "data.root", getattr(args, "data", None))
+    override(cfg, "data.year", getattr(args, "year", None))
+    classes = getattr(args, "classes", None)
+    if classes:
+        override(cfg, "data.classes", [c.strip() for c in classes.split(",") if c.strip()])
+    override(cfg, "data.skip_bad", getattr(args, "skip_bad", None))
+    return cfg
+
+
+def open_split(cfg: Dict[str, Any], split: str):
+    from compress.voc import VOCDataset, resolve_data_root
+
+    d = cfg["data"]
+    return VOCDataset(resolve_data_root(d.get("root")), split, d["classes"], year=d.get("year"),
+                      skip_bad=bool(d.get("skip_bad")))

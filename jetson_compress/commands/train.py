@@ -1,0 +1,61 @@
+"""``jetson-compress train``: train the detector on a VOC split."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from jetson_compress.commands.common import add_config_args, add_data_args, open_split, resolve
+from jetson_compress.config import override, save_resolved
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the detector (CPU or CUDA)", description=__doc__)
+    add_data_args(p)
+    add_config_args(p)
+    p.add_argument("--out", default="runs/train", help="output folder (checkpoints, log, resolved config)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the test split")
+    p.add_argument("--half", action="store_true", help="also write final_fp16.pt (fp16 storage, for shipping)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from compress.checkpoint import save_checkpoint
+    from compress.detector import Detector, DetectorConfig
+    from compress.train import train
+
+    cfg = resolve(args)
+    override(cfg, "train.epochs", args.epochs)
+    override(cfg, "train.batch_size", args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    train_set = open_split(cfg, cfg["data"]["train_split"])
+    eval_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
+    m = cfg["model"]
+    model_cfg = DetectorConfig(num_classes=len(train_set.classes), width_mult=float(m["width_mult"]),
+                               neck_channels=int(m["neck_channels"]), head_channels=int(m["head_channels"]),
+                               input_size=int(m["input_size"]))
+    model = Detector(model_cfg, pretrained_backbone=True, weights_path=m.get("imagenet_weights"))
+    print(f"training on {len(train_set)} images ({train_set.num_boxes()} boxes) of {train_set.year_dir}, "
+          f"{torch.get_num_threads()} threads")
+    t0 = time.time()
+    summary = train(model, train_set, out, cfg["train"], eval_set=eval_set, eval_cfg=cfg["eval"],
+                    resolved_config=cfg, resume=not args.no_resume)
+    print(f"wall time {time.time() - t0:.0f} s; throughput {summary['images_per_second']:.2f} images/s")
+    if args.half:
+        save_checkpoint(out / "final_fp16.pt", model, train_set.classes, half=True,
+                        metrics={"ap50_voc07": summary.get("ap50"),
+                                 "train_images_per_second": summary["images_per_second"]},
+                        split_hashes={train_set.split: train_set.split_sha256(),
+                                      **({eval_set.split: eval_set.split_sha256()} if eval_set else {})},
+                        config=cfg)
+    if "ap50" in summary:
+        print(json.dumps(summary["ap50"], indent=2))
+    return 0
