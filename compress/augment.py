@@ -97,8 +97,9 @@ def random_affine(
     dx = float(rng.uniform(min(0.0, size - new_w), max(0.0, size - new_w)))
     dy = float(rng.uniform(min(0.0, size - new_h), max(0.0, size - new_h)))
     if rng.random() < flip_prob:
-        # Flip maps x -> (w - x): fold it into the affine map.
-        matrix = np.array([[-scale, 0.0, dx + new_w], [0.0, scale, dy]], dtype=np.float64)
+        # Flip maps x -> (w - x): fold it into the affine map. warpAffine maps pixel indices, and the mirror of
+        # index i is w - 1 - i, hence the translation dx + scale * (w - 1) (dx + new_w put the image 1 px right).
+        matrix = np.array([[-scale, 0.0, dx + scale * (w - 1)], [0.0, scale, dy]], dtype=np.float64)
         flipped = boxes.copy()
         flipped[:, 0], flipped[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
         boxes = flipped

@@ -20,7 +20,7 @@ INF = 1e8
 
 def scale_ranges(strides: Sequence[int]) -> List[Tuple[float, float]]:
     # Level k handles objects whose largest centre-to-edge distance is in [lo, hi): 8 -> [0, 64), 16 -> [64, 128).
-    bounds = [0.0] + [8.0 * s for s in strides[1:]] + [INF]
+    bounds = [0.0] + [8.0 * s for s in strides[:-1]] + [INF]
     return [(bounds[i], bounds[i + 1]) for i in range(len(strides))]
 
 
@@ -62,8 +62,18 @@ def assign(
     lo = torch.tensor([r_[0] for r_ in ranges])[level_of_point][:, None]
     hi = torch.tensor([r_[1] for r_ in ranges])[level_of_point][:, None]
     in_range = (max_d >= lo) & (max_d < hi)
-    # Small objects always get their centre point on the finest level, even if it is off-centre.
     ok = inside & in_centre & in_range
+    # A box that no grid point falls into (small, or between points) still gets one positive: the point of its
+    # scale level nearest to its centre (the finest level when none matches).
+    orphan = ~ok.any(0)
+    if orphan.any():
+        d2 = (x - cx[None]) ** 2 + (y - cy[None]) ** 2  # (N, M)
+        level_ok = in_range.any(0)
+        fallback = torch.where(level_ok[None], in_range, (level_of_point == 0)[:, None].expand(n, m))
+        d2 = torch.where(fallback, d2, torch.full_like(d2, INF))
+        nearest = d2.argmin(0)
+        cols = torch.nonzero(orphan).squeeze(1)
+        ok[nearest[cols], cols] = True
     area = ((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1]))[None].expand(n, m).clone()
     area[~ok] = INF
     best_area, best = area.min(1)

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     summary = train(model, train_set, out, cfg["train"], eval_set=eval_set, eval_cfg=cfg["eval"],
                     resolved_config=cfg, resume=not args.no_resume)
-    print(f"wall time {time.time() - t0:.0f} s; throughput {summary['images_per_second']:.2f} images/s")
+    ips = summary["images_per_second"]  # None when a resumed run had no epoch left to train
+    print(f"wall time {time.time() - t0:.0f} s; throughput "
+          + (f"{ips:.2f} images/s" if ips is not None else "n/a (no epoch trained in this run)"))
     if args.half:
         save_checkpoint(out / "final_fp16.pt", model, train_set.classes, half=True,
                         metrics={"ap50_voc07": summary.get("ap50"),

@@ -1,0 +1,297 @@
+"""Importance criteria and per-group keep ratios (methods M1 and the baselines it is compared with).
+
+Per-channel scores of a coupled group (coupled channels are scored and removed together, scores summed over the
+group's producers): filter L1 norm, BatchNorm scaling factor |gamma|, activation entropy.
+
+Per-group keep ratios:
+- ``uniform``: the same ratio for every group (the classic L1 baseline);
+- ``bn``: network slimming, one global threshold on |gamma| over all groups;
+- ``richness`` (M1): layer entropy H (mean per-channel entropy of global-average-pooled activations over
+  calibration images) and average L1 norm A (mean filter L1 norm / weights per filter); box-plot clipping of both
+  to [Q1 - 1.5 IQR, Q3 + 1.5 IQR]; min-max normalisation; R = alpha * H + (1 - alpha) * A; keep ratio
+  r = clip(s * (offset + R), r_min, 1) with one global scale s found by bisection to meet the target;
+- ``entropy``: the alpha = 1 case of ``richness``.
+Kept counts are rounded to a multiple of ``round_to`` (default 8) and never below ``min_channels``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from compress.depgraph import DependencyGraph, _Tracer
+
+# --- cost model ------------------------------------------------------------------------------------------------
+
+
+def _count(dg: DependencyGraph, segs, counts: Dict[int, int]) -> int:
+    return sum(counts.get(dg.space_group[sid], n) for sid, n in segs) if segs is not None else 0
+
+
+def cost_of(dg: DependencyGraph, counts: Dict[int, int], modules: Dict[str, nn.Module]) -> Tuple[int, int]:
+    """(MACs, params) of the model if each group g kept ``counts[g]`` channels (others unchanged)."""
+    macs = params = 0
+    for name, info in dg.layers.items():
+        mod = modules[name]
+        h, w = info.out_hw
+        kh, kw = info.kernel
+        if info.kind == "conv":
+            cin = _count(dg, info.in_segments, counts) if info.in_segments is not None else mod.in_channels
+            cout = _count(dg, info.out_segments, counts)
+            macs += h * w * kh * kw * cin * cout
+            params += kh * kw * cin * cout + (cout if mod.bias is not None else 0)
+        elif info.kind == "dwconv":
+            c = _count(dg, info.out_segments, counts)
+            macs += h * w * kh * kw * c
+            params += kh * kw * c + (c if mod.bias is not None else 0)
+        elif info.kind == "gconv":
+            macs += h * w * kh * kw * mod.in_channels * mod.out_channels // mod.groups
+            params += sum(p.numel() for p in mod.parameters())
+        elif info.kind == "bn":
+            params += 2 * _count(dg, info.out_segments, counts)
+        elif info.kind == "linear":
+            cin = _count(dg, info.in_segments, counts) if info.in_segments is not None else mod.in_features
+            cout = _count(dg, info.out_segments, counts)
+            macs += cin * cout
+            params += cin * cout + (cout if mod.bias is not None else 0)
+    return macs, params
+
+
+# --- per-channel scores ----------------------------------------------------------------------------------------
+
+
+def filter_l1(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, torch.Tensor]:
+    """Sum over the group's producers of each output filter's mean absolute weight."""
+    scores: Dict[int, torch.Tensor] = {}
+    for g in dg.prunable_groups():
+        s = torch.zeros(g.size)
+        for name in g.producers:
+            wt = modules[name].weight.detach().float()
+            s += wt.abs().flatten(1).mean(1)
+        scores[g.gid] = s
+    return scores
+
+
+def bn_gamma(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, torch.Tensor]:
+    """Sum of |gamma| of the BatchNorms that act directly on a group's channels (single-space inputs)."""
+    scores: Dict[int, torch.Tensor] = {}
+    for name, info in dg.layers.items():
+        if info.kind != "bn" or info.in_segments is None or len(info.in_segments) != 1:
+            continue
+        gid = dg.space_group[info.in_segments[0][0]]
+        if not dg.groups[gid].prunable:
+            continue
+        gamma = modules[name].weight.detach().float().abs()
+        scores[gid] = scores.get(gid, torch.zeros_like(gamma)) + gamma
+    for g in dg.prunable_groups():
+        scores.setdefault(g.gid, filter_l1(dg, modules)[g.gid])
+    return scores
+
+
+def _chain_ends(gm: fx.GraphModule, dg: DependencyGraph) -> Dict[str, str]:
+    """For each producer, the node after its BN/activation chain (where 'activation' is read)."""
+    modules = dict(gm.named_modules())
+    users: Dict[str, List[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        for a in node.all_input_nodes:
+            users.setdefault(a.name, []).append(node)
+    ends: Dict[str, str] = {}
+    by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    for g in dg.prunable_groups():
+        for prod in g.producers:
+            node = by_target[prod]
+            while True:
+                us = users.get(node.name, [])
+                if len(us) != 1 or us[0].op != "call_module":
+                    break
+                m = modules[us[0].target]
+                if not isinstance(m, (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.LeakyReLU, nn.Hardswish)):
+                    break
+                node = us[0]
+            ends[prod] = node.name
+    return ends
+
+
+@torch.no_grad()
+def channel_activations(model: nn.Module, dg: DependencyGraph, batches: Iterable[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Global-average-pooled activation (images, channels) at the end of each producer's BN/activation chain."""
+    gm = fx.GraphModule(model, _Tracer(()).trace(model))
+    ends = _chain_ends(gm, dg)
+    wanted = set(ends.values())
+    store: Dict[str, List[torch.Tensor]] = {k: [] for k in wanted}
+
+    class _Interp(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            res = super().run_node(n)
+            if n.name in wanted:
+                store[n.name].append(res.float().mean((2, 3)) if res.dim() == 4 else res.float())
+            return res
+
+    was = model.training
+    gm.eval()
+    try:
+        for x in batches:
+            _Interp(gm).run(x)
+    finally:
+        model.train(was)
+    return {prod: torch.cat(store[node]) for prod, node in ends.items()}
+
+
+def histogram_entropy(values: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Shannon entropy (nats) of each column's histogram; values (N, C)."""
+    v = values.double()
+    lo, hi = v.min(0).values, v.max(0).values
+    width = (hi - lo).clamp(min=1e-12)
+    idx = ((v - lo) / width * bins).floor().clamp(0, bins - 1).long()
+    counts = torch.zeros(bins, v.shape[1], dtype=torch.float64)
+    counts.scatter_add_(0, idx, torch.ones_like(v))
+    p = counts / v.shape[0]
+    ent = -(p * torch.log(p.clamp(min=1e-300))).sum(0)
+    ent[(hi - lo) < 1e-12] = 0.0  # a constant channel carries no information
+    return ent.float()
+
+
+def activation_entropy(acts: Dict[str, torch.Tensor], dg: DependencyGraph, bins: int = 32) -> Dict[int, torch.Tensor]:
+    scores: Dict[int, torch.Tensor] = {}
+    for g in dg.prunable_groups():
+        s = torch.zeros(g.size)
+        for prod in g.producers:
+            s += histogram_entropy(acts[prod], bins)
+        scores[g.gid] = s / max(len(g.producers), 1)
+    return scores
+
+
+# --- layer-level richness and keep ratios ---------------------------------------------------------------------
+
+
+def boxplot_clip(values: np.ndarray) -> np.ndarray:
+    q1, q3 = np.percentile(values, [25, 75])
+    iqr = q3 - q1
+    return np.clip(values, q1 - 1.5 * iqr, q3 + 1.5 * iqr)
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else np.full_like(values, 0.5)
+
+
+def layer_richness(dg: DependencyGraph, modules: Dict[str, nn.Module], entropy: Dict[int, torch.Tensor],
+                   alpha: float = 0.5) -> Dict[int, Dict[str, float]]:
+    """Per prunable group: raw H, raw A, and the fused richness R in [0, 1]."""
+    groups = dg.prunable_groups()
+    h = np.array([float(entropy[g.gid].mean()) for g in groups])
+    a = []
+    for g in groups:
+        vals = [modules[p].weight.detach().abs().flatten(1).mean(1).mean().item() for p in g.producers]
+        a.append(float(np.mean(vals)))
+    a = np.array(a)
+    hn, an = minmax(boxplot_clip(h)), minmax(boxplot_clip(a))
+    r = alpha * hn + (1 - alpha) * an
+    return {g.gid: {"entropy": float(h[i]), "avg_l1": float(a[i]), "richness": float(r[i])} for i, g in enumerate(groups)}
+
+
+def round_channels(n_float: float, size: int, round_to: int, min_channels: int) -> int:
+    if round_to > 1 and size >= round_to:
+        n = int(round(n_float / round_to)) * round_to
+    else:
+        n = int(round(n_float))
+    floor = min(size, max(min_channels, round_to if size >= round_to else 1))
+    return int(min(size, max(floor, n)))
+
+
+def bisect_scale(counts_for: Callable[[float], Dict[int, int]], cost: Callable[[Dict[int, int]], float],
+                 budget: float, lo: float = 0.0, hi: float = 4.0, iters: int = 50) -> Tuple[float, Dict[int, int]]:
+    """Largest scale whose counts meet ``cost <= budget`` (cost grows with the scale)."""
+    best = counts_for(lo)
+    if cost(best) > budget:
+        raise ValueError(
+            f"the target cannot be met: even the minimum channel counts cost {cost(best):.4g} > budget {budget:.4g}"
+        )
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        c = counts_for(mid)
+        if cost(c) <= budget:
+            lo, best = mid, c
+        else:
+            hi = mid
+    return lo, best
+
+
+def allocate(
+    dg: DependencyGraph,
+    modules: Dict[str, nn.Module],
+    method: str,
+    target_reduction: float,
+    target_kind: str = "flops",
+    round_to: int = 8,
+    min_channels: int = 8,
+    r_min: float = 0.1,
+    richness: Optional[Dict[int, Dict[str, float]]] = None,
+    bn_scores: Optional[Dict[int, torch.Tensor]] = None,
+    offset: float = 0.5,
+) -> Tuple[Dict[int, int], Dict[str, float]]:
+    """Kept channel count per prunable group meeting ``cost <= (1 - target_reduction) * baseline``."""
+    if not 0.0 < target_reduction < 1.0:
+        raise ValueError(f"target reduction must be in (0, 1), got {target_reduction}")
+    groups = dg.prunable_groups()
+    base_macs, base_params = cost_of(dg, {}, modules)
+    idx = 0 if target_kind == "flops" else 1
+    if target_kind not in ("flops", "params"):
+        raise ValueError(f"unknown target kind {target_kind!r} (flops or params)")
+    baseline = (base_macs, base_params)[idx]
+    budget = (1.0 - target_reduction) * baseline
+
+    def cost(counts: Dict[int, int]) -> float:
+        return cost_of(dg, counts, modules)[idx]
+
+    if method == "uniform":
+        def counts_for(s: float) -> Dict[int, int]:
+            r = min(1.0, max(r_min, s))
+            return {g.gid: round_channels(r * g.size, g.size, round_to, min_channels) for g in groups}
+        scale, counts = bisect_scale(counts_for, cost, budget, 0.0, 1.0)
+    elif method in ("richness", "entropy"):
+        assert richness is not None
+        def counts_for(s: float) -> Dict[int, int]:
+            out = {}
+            for g in groups:
+                r = min(1.0, max(r_min, s * (offset + richness[g.gid]["richness"])))
+                out[g.gid] = round_channels(r * g.size, g.size, round_to, min_channels)
+            return out
+        scale, counts = bisect_scale(counts_for, cost, budget, 0.0, 1.0 / offset)
+    elif method == "bn":
+        assert bn_scores is not None
+        # Global ranking of all channels by |gamma| (ties broken by position): s keeps the top fraction s.
+        allg = torch.cat([bn_scores[g.gid] for g in groups])
+        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+        order = torch.sort(allg, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+
+        def counts_for(s: float) -> Dict[int, int]:
+            kept = rank >= int(round((1.0 - min(max(s, 0.0), 1.0)) * len(rank)))
+            per_group = torch.bincount(owner[kept], minlength=len(groups))
+            return {g.gid: round_channels(float(per_group[i]), g.size, round_to, min_channels)
+                    for i, g in enumerate(groups)}
+        scale, counts = bisect_scale(counts_for, cost, budget, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown allocation method {method!r}")
+    macs, params = cost_of(dg, counts, modules)
+    return counts, {"scale": scale, "macs": macs, "params": params, "baseline_macs": base_macs,
+                    "baseline_params": base_params, "flops_reduction": 1 - macs / base_macs,
+                    "params_reduction": 1 - params / base_params}
+
+
+def select_channels(scores: Dict[int, torch.Tensor], counts: Dict[int, int]) -> Dict[int, List[int]]:
+    """Keep the ``counts[g]`` highest-scoring channels of each group (sorted indices)."""
+    keep = {}
+    for gid, n in counts.items():
+        s = scores[gid]
+        if n >= s.numel():
+            continue
+        top = torch.topk(s, n, largest=True, sorted=False).indices
+        keep[gid] = sorted(int(i) for i in top)
+    return keep

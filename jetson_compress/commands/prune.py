@@ -1,0 +1,73 @@
+"""``jetson-compress prune``: structured channel pruning of a detector checkpoint (default: the shipped baseline)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from jetson_compress.commands.common import add_config_args, add_data_args, open_split, resolve
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune channels to a FLOPs/params target", description=__doc__)
+    p.add_argument("--checkpoint", help="checkpoint to prune (default: the shipped baseline)")
+    add_data_args(p)
+    add_config_args(p)
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--target-flops", type=float, help="fraction of FLOPs to remove, e.g. 0.5 (default)")
+    tgt.add_argument("--target-params", type=float, help="fraction of parameters to remove instead")
+    p.add_argument("--method", choices=["richness", "entropy", "l1", "bn"], default="richness",
+                   help="keep-ratio method: layer information richness (M1), entropy only, uniform L1, BN slimming")
+    p.add_argument("--alpha", type=float, default=0.5, help="richness = alpha*entropy + (1-alpha)*avg L1")
+    p.add_argument("--round-to", type=int, default=8, help="round kept channels to a multiple of this")
+    p.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
+    p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
+    p.add_argument("--calibration-images", type=int, default=64)
+    p.add_argument("--no-eval", action="store_true", help="skip AP evaluation (faster)")
+    p.add_argument("--out", required=True, help="output folder: pruned.pt, plan.json, metrics.json")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from compress.checkpoint import default_checkpoint, load_model
+    from compress.prune_pipeline import run_prune
+    from jetson_compress.cli import UserError
+    from jetson_compress.config import save_resolved
+
+    kind, value = ("params", args.target_params) if args.target_params is not None else ("flops", args.target_flops)
+    value = 0.5 if value is None else value
+    if not 0.0 < value < 1.0:
+        raise UserError(f"--target-{kind} {value}: must be a fraction of {kind} to remove, strictly between 0 and 1")
+    if args.round_to < 1 or args.min_channels < 1:
+        raise UserError("--round-to and --min-channels must be >= 1")
+    t0 = time.perf_counter()
+    cfg = resolve(args)
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    model, ckpt = load_model(ckpt_path)
+    if ckpt.get("prune_plan"):
+        raise UserError(f"{ckpt_path}: already a pruned checkpoint; prune the dense baseline instead")
+    ckpt["_sha256"] = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    if not args.classes:
+        cfg["data"]["classes"] = list(ckpt["classes"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    train_set = open_split(cfg, cfg["data"]["train_split"])
+    test_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
+    baseline_ap = None
+    stored = (ckpt.get("metrics") or {}).get("ap50_voc07")
+    if test_set is not None and stored and ckpt.get("split_hashes", {}).get(test_set.split) == test_set.split_sha256():
+        baseline_ap = stored  # measured on the same split file when the checkpoint was made
+    res = run_prune(model, ckpt, train_set, test_set, out, method=args.method, target_reduction=value,
+                    target_kind=kind, round_to=args.round_to, min_channels=args.min_channels, alpha=args.alpha,
+                    compensate_flag=args.compensate, finetune_epochs=args.finetune_epochs, train_cfg=cfg["train"],
+                    eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
+                    baseline_ap=baseline_ap)
+    m = res["metrics"]
+    print(json.dumps({k: m[k] for k in m if k.startswith("ap50") or k in ("flops_reduction", "params_reduction")},
+                     indent=2, default=float))
+    print(f"wrote {out / 'pruned.pt'}, {out / 'plan.json'}, {out / 'metrics.json'} in {time.perf_counter() - t0:.1f} s")
+    return 0

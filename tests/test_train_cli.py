@@ -1,0 +1,158 @@
+"""``jetson-compress train`` and ``eval`` in-process on the real VOC2007 sample: artefacts, metadata, resume, errors.
+
+The model is made tiny (width 0.35, 96x96 input, one epoch of three batches) so the whole file runs in seconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from jetson_compress.cli import main
+
+TINY = ["--epochs", "1", "--batch-size", "2", "--set", "model.width_mult=0.35", "--set", "model.input_size=96",
+        "--set", "eval.batch_size=8"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The CI box has 2 cores, often shared with a training run: one intra-op thread avoids oversubscription.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, voc_sample):
+    out = tmp_path_factory.mktemp("train") / "run"
+    rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), *TINY])
+    assert rc == 0, stderr
+    return out, stdout
+
+
+def test_train_writes_artefacts(trained, voc_sample):
+    out, stdout = trained
+    for name in ("last.pt", "final.pt", "train_summary.json", "config.resolved.yaml"):
+        assert (out / name).is_file(), name
+    assert "training on 6 images" in stdout
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs"] == 1
+    assert len(summary["history"]) == 1 and summary["history"][0]["epoch"] == 1
+    assert summary["history"][0]["loss"] > 0
+    assert summary["images_per_second"] > 0
+    assert summary["eval"]["num_images"] == 7 and summary["eval"]["split"] == "test"
+    assert 0.0 <= summary["ap50"]["overall"] <= 1.0
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert resolved["model"]["width_mult"] == 0.35 and resolved["model"]["input_size"] == 96
+    assert resolved["train"]["epochs"] == 1 and resolved["train"]["batch_size"] == 2
+    assert resolved["data"]["root"] == str(voc_sample)
+    assert resolved["train"]["lr"] == 0.002  # a default kept
+
+
+def test_checkpoint_metadata(trained, voc_sample):
+    out, _ = trained
+    main_dir = voc_sample / "VOC2007" / "ImageSets" / "Main"
+    from compress.checkpoint import load_model, read_checkpoint
+
+    final = read_checkpoint(out / "final.pt")
+    assert final["classes"] == ["person"]
+    assert final["input_size"] == 96
+    assert final["model_config"]["width_mult"] == 0.35 and final["model_config"]["num_classes"] == 1
+    assert final["split_hashes"] == {"trainval": _sha256(main_dir / "trainval.txt"),
+                                     "test": _sha256(main_dir / "test.txt")}
+    assert final["config"]["model"]["input_size"] == 96
+    assert "train_state" not in final
+    assert final["metrics"]["ap50_voc07"]["overall"] >= 0.0
+    last = read_checkpoint(out / "last.pt")
+    assert last["train_state"]["epoch"] == 0 and last["train_state"]["epochs"] == 1
+    assert last["split_hashes"] == final["split_hashes"]
+    model, _ = load_model(out / "final.pt")
+    # 96 / 8, 96 / 16, 96 / 32 grids, 1 class + 4 distances.
+    with torch.no_grad():
+        outs = model(torch.zeros(1, 3, 96, 96))
+    assert [tuple(o.shape) for o in outs] == [(1, 5, 12, 12), (1, 5, 6, 6), (1, 5, 3, 3)]
+
+
+def test_eval_command_json(trained, voc_sample, tmp_path):
+    out, _ = trained
+    json_path = tmp_path / "out.json"
+    rc, stdout, stderr = _run(["eval", "--checkpoint", str(out / "final.pt"), "--data", str(voc_sample),
+                               "--json", str(json_path)])
+    assert rc == 0, stderr
+    result = json.loads(json_path.read_text())
+    for metric in ("voc07_11point", "all_point"):
+        assert set(result[metric]["ap"]) == {"person"}
+        assert 0.0 <= result[metric]["ap"]["person"] <= 1.0
+        assert result[metric]["npos"] == {"person": 2}  # non-difficult persons in the 7 test images
+        assert result[metric]["num_detections"]["person"] <= 7 * 100  # eval.max_detections per image
+    assert result["num_images"] == 7 and result["split"] == "test"
+    assert result["checkpoint"] == str(out / "final.pt")
+    # Same weights, same data, same settings: the numbers the training run reported.
+    summary = json.loads((out / "train_summary.json").read_text())
+    for metric in ("voc07_11point", "all_point"):
+        assert result[metric]["ap"] == summary["eval"][metric]["ap"]
+        assert result[metric]["num_detections"] == summary["eval"][metric]["num_detections"]
+    assert "AP50 VOC07 11-pt" in stdout and "person" in stdout
+
+
+def test_resume_at_the_end_does_not_retrain(trained, voc_sample, tmp_path):
+    src, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    last_before = (out / "last.pt").read_bytes()
+    rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), *TINY])
+    assert rc == 0, stderr
+    assert f"resuming from {out / 'last.pt'}" in stdout
+    assert (out / "last.pt").read_bytes() == last_before  # no epoch ran, so last.pt was not rewritten
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert len(summary["history"]) == 1
+    assert summary["train_seconds_this_run"] == 0.0 and summary["images_per_second"] is None
+    from compress.checkpoint import load_model
+
+    a, _ = load_model(src / "final.pt")
+    b, _ = load_model(out / "final.pt")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_eval_corrupt_checkpoint_exit_2(tmp_path, voc_sample):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"this is not a checkpoint" * 10)
+    rc, _, stderr = _run(["eval", "--checkpoint", str(bad), "--data", str(voc_sample)])
+    assert rc == 2
+    assert str(bad) in stderr and stderr.startswith("error: ")
+    assert "Traceback" not in stderr
+
+
+def test_train_missing_data_exit_2(tmp_path):
+    missing = tmp_path / "no" / "VOCdevkit"
+    rc, _, stderr = _run(["train", "--data", str(missing), "--out", str(tmp_path / "run"), *TINY])
+    assert rc == 2
+    assert str(missing) in stderr and "does not exist" in stderr
+
+
+def test_train_bad_config_exit_2(tmp_path, voc_sample):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("trian:\n  epochs: 1\n")
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert rc == 2 and str(cfg) in stderr
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--set", "nosuch.key=1", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "nosuch" in stderr
