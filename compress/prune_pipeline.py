@@ -128,6 +128,8 @@ def run_prune(
     eval_cfg: Optional[Dict[str, Any]] = None,
     resolved_config: Optional[Dict[str, Any]] = None,
     calibration_images: int = 64,
+    sparsity_epochs: int = 0,
+    sparsity_lambda: float = 1e-4,
     baseline_ap: Optional[Dict[str, float]] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -151,6 +153,22 @@ def run_prune(
         baseline_ap = summary_ap(evaluate_model(model, test_set, size, eval_cfg))
         timings["eval_baseline"] = time.perf_counter() - t
     metrics["ap50_baseline"] = baseline_ap
+
+    if sparsity_epochs > 0:
+        # M4: adaptive-L1 sparsity training on BN scaling factors before deciding what to cut.
+        from compress.depgraph import build_dependency_graph as _bdg
+        from compress.sparsity import AdaptiveBNL1
+        from compress.train import train
+
+        t = time.perf_counter()
+        model = copy.deepcopy(model)
+        penalty = AdaptiveBNL1(model, _bdg(model.eval(), size), lambda0=sparsity_lambda)
+        cfg = dict(train_cfg or {})
+        cfg.update(epochs=sparsity_epochs, warmup_epochs=0)
+        train(model, train_set, out_dir / "sparsity", cfg, resume=False, progress=progress, extra_loss=penalty,
+              log=log)
+        metrics["bn_sparsity_after"] = penalty.sparsity()
+        timings["sparsity_training"] = time.perf_counter() - t
 
     t = time.perf_counter()
     decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha)

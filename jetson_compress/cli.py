@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from jetson_compress.version import __version__
 
-COMMAND_MODULES = ["data", "train", "eval"]
+COMMAND_MODULES = ["data", "train", "eval", "prune", "export", "lint"]
 
 
 class UserError(Exception):
@@ -50,9 +50,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # noqa: BLE001 - user-facing errors are ValueError/OSError subclasses with a message
         from compress.checkpoint import CheckpointError
         from compress.voc import DataError
+        from compress.pruning import PlanError
         from jetson_compress.config import ConfigError
 
-        if isinstance(exc, (DataError, CheckpointError, ConfigError, FileNotFoundError, PermissionError)):
+        if isinstance(exc, (DataError, CheckpointError, ConfigError, PlanError, FileNotFoundError, PermissionError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -6,6 +6,7 @@ The baseline is ``--checkpoint`` (default: the shipped baseline); each ``--varia
 (e.g. ``pruned=runs/prune/final.pt``). Every variant is exported to a static-shape ONNX (opset 13, or 11), checked
 against torch with ONNX Runtime, linted for TensorRT 8.2 and measured (FLOPs, params); the bundle is written only
 when all of that passes. ``--plan`` (channel surgery on the dense ONNX) needs the pruning stage.
+Host side: torch, onnx and onnxruntime are imported when the command runs, so registering it costs nothing.
 """
 from __future__ import annotations
 

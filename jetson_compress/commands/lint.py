@@ -2,6 +2,7 @@
 
 Prints one line per finding (severity, rule, node, message). Exit status: 0 when there is no error (warnings
 allowed unless ``--strict``), 1 when the model violates a rule, 2 when the file cannot be read.
+Host side: imports export.lint (onnx) when it runs, never torch; registering the subcommand imports nothing heavy.
 """
 from __future__ import annotations
 
@@ -32,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
         write_report(report, args.json_out)
     failed = not report.ok or (args.strict and bool(report.warnings))
     if failed:
-        print(f"{args.model}: {len(report.errors)} error(s){' and warnings (--strict)' if report.ok else ''}: "
-              f"TensorRT 8.2 will not take this model as it is", file=sys.stderr)
+        what = f"{len(report.errors)} error(s)" if not report.ok else f"{len(report.warnings)} warning(s) (--strict)"
+        print(f"error: {args.model}: {what}; fix them before building a TensorRT 8.2 engine", file=sys.stderr)
     return 1 if failed else 0

@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
+    p.add_argument("--sparsity-epochs", type=int, default=0,
+                   help="M4: epochs of adaptive-L1 sparsity training on BN factors before pruning (pair with --method bn)")
+    p.add_argument("--sparsity-lambda", type=float, default=1e-4, help="base L1 coefficient of sparsity training")
     p.add_argument("--no-eval", action="store_true", help="skip AP evaluation (faster)")
     p.add_argument("--out", required=True, help="output folder: pruned.pt, plan.json, metrics.json")
     p.set_defaults(func=run)
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     target_kind=kind, round_to=args.round_to, min_channels=args.min_channels, alpha=args.alpha,
                     compensate_flag=args.compensate, finetune_epochs=args.finetune_epochs, train_cfg=cfg["train"],
                     eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
+                    sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
                     baseline_ap=baseline_ap)
     m = res["metrics"]
     print(json.dumps({k: m[k] for k in m if k.startswith("ap50") or k in ("flops_reduction", "params_reduction")},

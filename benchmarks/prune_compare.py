@@ -1,0 +1,231 @@
+"""Head-to-head of channel pruning methods on the default baseline, against Torch-Pruning.
+
+For every FLOPs target and method: prune, AP50 before fine-tune, fine-tune (same epochs and schedule for all),
+AP50 after, FLOPs, params, wall time, and ONNX Runtime CPU latency — all variants timed in the same run,
+interleaved round by round, median of the repeats after warm-up.
+
+    python benchmarks/prune_compare.py --data ../shared/data/pedestrians/VOCdevkit --finetune-epochs 5
+
+Methods: ours (``richness``, ``richness+comp`` with least-squares compensation), ``l1`` (uniform L1),
+``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
+by bisection to reach the same FLOPs as ours, round_to=8). Results: JSON, Markdown table and a plot of AP50
+against latency in ``benchmarks/results/``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from compress.checkpoint import atomic_write_bytes, default_checkpoint, load_model  # noqa: E402
+from compress.flops import count_flops_params  # noqa: E402
+from compress.inference import evaluate_model, summary_ap  # noqa: E402
+from compress.prune_pipeline import calibration_batch, plan_pruning, prune_detector  # noqa: E402
+from compress.train import train  # noqa: E402
+from compress.voc import VOCDataset, resolve_data_root  # noqa: E402
+from jetson_compress.config import load_config  # noqa: E402
+
+METHODS = ["richness", "richness+comp", "l1", "bn", "torch-pruning"]
+
+
+def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8):
+    """Torch-Pruning with L1 magnitude importance; the uniform ratio is bisected to reach ``target_macs``."""
+    import torch_pruning as tp
+
+    def prune_at(ratio: float):
+        m = copy.deepcopy(model).eval()
+        ignored = [h.pred for h in m.heads]
+        pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, size, size), importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to)
+        pruner.step()
+        return m, count_flops_params(m, (1, 3, size, size)).macs
+
+    lo, hi = 0.0, 0.95
+    best = None
+    for _ in range(14):
+        mid = 0.5 * (lo + hi)
+        m, macs = prune_at(mid)
+        if macs <= target_macs:
+            hi, best = mid, (m, macs, mid)
+        else:
+            lo = mid
+    if best is None:
+        raise RuntimeError("Torch-Pruning could not reach the FLOPs target")
+    return best
+
+
+def ort_latency(onnx_paths: Dict[str, str], size: int, warmup: int, rounds: int, threads: int) -> Dict[str, Dict]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for k, p in onnx_paths.items()}
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, {"images": x})
+    times: Dict[str, List[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):  # interleaved, so drift in machine load hits every variant alike
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {"images": x})
+            times[k].append((time.perf_counter() - t) * 1e3)
+    out = {}
+    for k, v in times.items():
+        a = np.asarray(v)
+        out[k] = {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()),
+                  "std_ms": float(a.std()), "runs": len(a)}
+    return out
+
+
+def export(model, path: str, size: int) -> None:
+    m = copy.deepcopy(model).eval()
+    m.export_mode = True
+    torch.onnx.export(m, torch.zeros(1, 3, size, size), path, opset_version=13, dynamo=False,
+                      input_names=["images"], output_names=["boxes", "scores"])
+
+
+def environment(threads: int) -> Dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "threads": threads, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="VOCdevkit root")
+    ap.add_argument("--checkpoint", help="baseline checkpoint (default: shipped)")
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7])
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--finetune-epochs", type=int, default=5)
+    ap.add_argument("--latency-rounds", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config()
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    baseline, ckpt = load_model(ckpt_path)
+    size = baseline.config.input_size
+    root = resolve_data_root(args.data)
+    train_set = VOCDataset(root, "trainval", ckpt["classes"])
+    test_set = VOCDataset(root, "test", ckpt["classes"])
+    calib = calibration_batch(train_set, size, 64)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    models: Dict[str, Any] = {"baseline": baseline}
+    base_cost = count_flops_params(baseline, (1, 3, size, size))
+    t = time.perf_counter()
+    base_ap = summary_ap(evaluate_model(baseline, test_set, size, cfg["eval"]))["overall"]
+    rows.append({"variant": "baseline", "method": "baseline", "target": 0.0, "flops": base_cost.flops,
+                 "params": base_cost.params, "ap50_before": base_ap, "ap50_after": base_ap,
+                 "seconds_prune": 0.0, "seconds_finetune": 0.0, "seconds_eval": time.perf_counter() - t})
+    for target in args.targets:
+        ours_macs = None
+        for method in args.methods:
+            name = f"{method}@{int(target * 100)}"
+            print(f"== {name}", flush=True)
+            t = time.perf_counter()
+            if method == "torch-pruning":
+                if ours_macs is None:
+                    dec = plan_pruning(baseline, "l1", target, calib)
+                    ours_macs = dec["allocation"]["macs"]
+                pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size)
+            else:
+                base_method = method.split("+")[0]
+                dec = plan_pruning(baseline, base_method, target, calib)
+                res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target}, 8,
+                                     compensate_with=calib[:32] if method.endswith("+comp") else None)
+                pruned = res["model"]
+                ours_macs = ours_macs or res["plan"]["achieved"]["macs"]
+            t_prune = time.perf_counter() - t
+            cost = count_flops_params(pruned, (1, 3, size, size))
+            ap_before = summary_ap(evaluate_model(pruned, test_set, size, cfg["eval"]))["overall"]
+            t = time.perf_counter()
+            ap_after = ap_before
+            if args.finetune_epochs > 0:
+                tcfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0)
+                summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), tcfg, eval_set=test_set,
+                             eval_cfg=cfg["eval"], resume=False, progress=False)
+                ap_after = summ["ap50"]["overall"]
+            rows.append({"variant": name, "method": method, "target": target, "flops": cost.flops,
+                         "params": cost.params, "ap50_before": ap_before, "ap50_after": ap_after,
+                         "seconds_prune": t_prune, "seconds_finetune": time.perf_counter() - t})
+            models[name] = pruned
+            print(json.dumps(rows[-1], default=float), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for k, m in models.items():
+            paths[k] = os.path.join(tmp, k.replace("@", "_").replace("+", "_") + ".onnx")
+            export(m, paths[k], size)
+        lat = ort_latency(paths, size, args.warmup, args.latency_rounds, args.threads)
+    base_ms = lat["baseline"]["median_ms"]
+    for r in rows:
+        r["ort_cpu"] = lat[r["variant"]]
+        r["speedup"] = base_ms / lat[r["variant"]]["median_ms"]
+        r["flop_ratio"] = base_cost.flops / r["flops"]
+        r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
+    result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
+              "finetune_epochs": args.finetune_epochs, "rows": rows}
+    atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
+    lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
+             "speed-up / FLOP ratio | prune s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.3f} | {r['ap50_before']:.4f} | "
+                     f"{r['ap50_after']:.4f} | {r['ort_cpu']['median_ms']:.2f} | {r['speedup']:.2f}x | "
+                     f"{r['speedup_over_flop_ratio']:.2f} | {r['seconds_prune']:.1f} | {r['seconds_finetune']:.0f} |")
+    env = result["environment"]
+    md = (f"# Channel pruning head-to-head\n\nBaseline `{ckpt_path.name}`, fine-tune {args.finetune_epochs} epochs for "
+          f"every method. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
+          f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, on {env['cpu']} "
+          f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
+    atomic_write_bytes(out / "prune_compare.md", md.encode())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for method in ["baseline"] + args.methods:
+            pts = [r for r in rows if r["method"] == method]
+            ax.plot([r["ort_cpu"]["median_ms"] for r in pts], [r["ap50_after"] for r in pts], "o-", label=method)
+        ax.set_xlabel("ONNX Runtime CPU latency, median (ms)")
+        ax.set_ylabel("person AP50 (VOC07) after fine-tune")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "prune_compare.png", dpi=120)
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
