@@ -112,6 +112,7 @@ def write_bundle(
     opset: int = 13,
     sources: Optional[Mapping[str, str]] = None,
     fold: str = "auto",
+    onnx_files: Optional[Mapping[str, os.PathLike]] = None,
 ) -> Dict[str, Any]:
     """Export, lint, measure and bundle every variant; returns the manifest written to ``bundle_dir``.
 
@@ -121,6 +122,9 @@ def write_bundle(
 
     ``bundle_dir`` must be absent, empty, or an earlier bundle (a folder with a manifest.json): a folder with other
     content is refused rather than mixed into.
+
+    ``onnx_files`` (variant -> ONNX path) bundles an ONNX made elsewhere (the slim ONNX of channel surgery) instead
+    of exporting the variant's model; the model is then used for its FLOPs and parameter counts only.
     """
     started = time.perf_counter()
     bundle_dir = Path(bundle_dir)
@@ -158,8 +162,11 @@ def write_bundle(
         num_points: Optional[int] = None
         for name, (model, _) in variants.items():
             filename = f"{name}.onnx"
-            info = export_onnx(model, staging / filename, size, opset=opset, classes=meta["classes"],
-                               mean=meta["mean"], std=meta["std"], strides=meta["strides"], fold=fold)
+            if onnx_files and name in onnx_files:
+                info = _given_onnx(Path(onnx_files[name]), staging / filename)
+            else:
+                info = export_onnx(model, staging / filename, size, opset=opset, classes=meta["classes"],
+                                   mean=meta["mean"], std=meta["std"], strides=meta["strides"], fold=fold)
             report = lint_onnx(staging / filename, path=str(bundle_dir / filename))
             if not report.ok:
                 raise BundleWriteError(bundle_dir, f"variant {name!r} fails the TensorRT 8.2 lint, bundle not "
@@ -225,6 +232,20 @@ def write_bundle(
     if problems:
         raise BundleWriteError(bundle_dir, "the written bundle does not validate:\n  " + "\n  ".join(problems))
     return manifest
+
+
+def _given_onnx(src: Path, dst: Path) -> Dict[str, Any]:
+    """Copy an ONNX made by another stage into the bundle and describe it like ``export_onnx`` does."""
+    import onnx
+
+    from export.onnx_export import onnx_opset
+
+    shutil.copyfile(src, dst)
+    model = onnx.load(str(dst))
+    boxes = next(o for o in model.graph.output if o.name == OUTPUT_NAMES[0])
+    num_points = int(boxes.type.tensor_type.shape.dim[1].dim_value)
+    return {"num_points": num_points, "opset": onnx_opset(model), "parity": None, "folding": f"given: {src}",
+            "ops": sorted({n.op_type for n in model.graph.node}), "seconds": 0.0}
 
 
 def _versions() -> Dict[str, str]:

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from jetson_compress.version import __version__
 
-COMMAND_MODULES = ["data", "train", "eval", "prune", "export", "lint"]
+COMMAND_MODULES = ["data", "train", "eval", "prune", "export", "lint", "build"]
 
 
 class UserError(Exception):
@@ -52,9 +52,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         from compress.voc import DataError
         from compress.pruning import PlanError
         from jetson_compress.config import ConfigError
+        from jetson_compress.stages import StageError
 
-        if isinstance(exc, (DataError, CheckpointError, ConfigError, PlanError, FileNotFoundError, PermissionError)):
+        known = (DataError, CheckpointError, ConfigError, PlanError, FileNotFoundError, PermissionError)
+        if isinstance(exc, StageError):
+            # A stage failed: say which, and the user-facing cause when it is one of ours.
+            cause = exc.__cause__
+            if isinstance(cause, known) or isinstance(cause, OSError):
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             print(f"error: {exc}", file=sys.stderr)
+            raise
+        if isinstance(exc, known):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.filename:
+            print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 2
         raise
 

@@ -18,7 +18,7 @@ def test_defaults_come_from_default_yaml():
     assert DEFAULT_CONFIG_PATH.name == "default.yaml" and DEFAULT_CONFIG_PATH.parent.name == "configs"
     cfg = load_config()
     assert cfg == yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    assert sorted(cfg) == ["data", "eval", "model", "train"]
+    assert sorted(cfg) == ["build", "data", "eval", "model", "nms", "train"]
     assert cfg["data"]["classes"] == ["person"]
     assert cfg["model"]["input_size"] == 320 and cfg["model"]["width_mult"] == 1.0
     assert cfg["train"]["epochs"] == 40 and cfg["train"]["batch_size"] == 16
@@ -130,5 +130,5 @@ def test_save_resolved_round_trip(tmp_path):
     path = save_resolved(cfg, tmp_path, "other.yaml")
     loaded = yaml.safe_load(path.read_text())
     assert loaded["train"]["scale_range"] == [0.5, 1.5]
-    assert list(loaded) == ["data", "model", "train", "eval"]
+    assert list(loaded) == ["data", "model", "train", "eval", "nms", "build"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.resolved.yaml", "other.yaml"]
