@@ -13,6 +13,7 @@ Loading validates all of it and names the file in every error.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import io
 import os
 import tempfile
@@ -38,7 +39,10 @@ class CheckpointError(ValueError):
 def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # the folder's name is taken by a file
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(path.parent)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -46,9 +50,13 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            # A failed write (disk full, I/O error) carries no file name: name the file we were writing.
+            raise OSError(exc.errno, f"{exc.strerror or exc} (an earlier file of that name is left unchanged)",
+                          str(path)) from exc
         raise
 
 
@@ -116,7 +124,13 @@ def read_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
     for key in ("model_config", "state_dict", "classes"):
         if key not in ckpt:
             raise CheckpointError(path, f"missing '{key}'")
+    if not isinstance(ckpt["model_config"], dict):
+        raise CheckpointError(path, "'model_config' is not a mapping")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(path, "'state_dict' is not a mapping of tensors")
     for name, tensor in ckpt["state_dict"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(path, f"state_dict entry {name} is a {type(tensor).__name__}, not a tensor")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(path, f"tensor {name} has NaN or infinite values")
     return ckpt
@@ -125,12 +139,19 @@ def read_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
 def load_model(path: os.PathLike | str, *, for_training: bool = False) -> tuple[Detector, Dict[str, Any]]:
     """Build the detector described by a checkpoint and load its weights (fp32)."""
     ckpt = read_checkpoint(path)
-    config = DetectorConfig.from_dict(ckpt["model_config"])
-    model = Detector(config)
+    try:
+        config = DetectorConfig.from_dict(ckpt["model_config"])
+        model = Detector(config)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as exc:
+        raise CheckpointError(path, f"model_config {ckpt['model_config']} does not describe a buildable model "
+                                    f"({type(exc).__name__}: {exc})") from None
     if ckpt.get("prune_plan") is not None:
-        from compress.pruning import apply_plan_structure  # pragma: no cover - present from the pruning stage on
+        from compress.pruning import PlanError, apply_plan_structure
 
-        apply_plan_structure(model, ckpt["prune_plan"])
+        try:
+            apply_plan_structure(model, ckpt["prune_plan"])
+        except PlanError as exc:
+            raise CheckpointError(path, f"its prune plan does not fit the model: {exc}") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
     try:
         model.load_state_dict(state, strict=True)

@@ -83,6 +83,8 @@ def resolve_year_dir(root: os.PathLike | str, year: Optional[str] = None) -> Pat
     root = Path(root)
     if not root.exists():
         raise DataError(root, f"data root does not exist (set --data or ${DATA_ENV_VAR} to a VOCdevkit folder)")
+    if not root.is_dir():
+        raise DataError(root, f"data root is not a folder (set --data or ${DATA_ENV_VAR} to a VOCdevkit folder)")
     if (root / "Annotations").is_dir():
         return root
     if (root / "VOCdevkit").is_dir():
@@ -252,9 +254,15 @@ class VOCDataset:
         self.skip_bad = skip_bad
         self.skipped: Dict[str, str] = {}
         ids = read_split(self.year_dir, split)
+        split_path = self.year_dir / "ImageSets" / "Main" / f"{split}.txt"
         self.annotations: List[Annotation] = []
         for image_id in ids:
             try:
+                if not (self.year_dir / "Annotations" / f"{image_id}.xml").is_file() and \
+                        not any((self.year_dir / "JPEGImages" / (image_id + e)).is_file()
+                                for e in (".jpg", ".jpeg", ".png", ".JPG")):
+                    raise DataError(split_path, f"lists image id {image_id!r}, which has neither an annotation "
+                                                f"nor an image")
                 image_path = _find_image(self.year_dir, image_id)
                 if check_images:
                     with open(image_path, "rb") as fh:

@@ -394,10 +394,16 @@ def load_for_lint(path: os.PathLike | str) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ONNX file not found")
+    if path.stat().st_size == 0:
+        raise LintError(f"{path}: empty file, not an ONNX model")
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise LintError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.HasField("graph") and not model.opset_import:
+        # Some garbage happens to decode as a protobuf message with none of a model's fields.
+        raise LintError(f"{path}: not a readable ONNX model (no graph and no opset in the file)")
+    return model
 
 
 def lint_onnx(model: onnx.ModelProto | os.PathLike | str, path: Optional[str] = None) -> LintReport:

@@ -62,7 +62,9 @@ class StageRunner:
             return None
         try:
             rec = json.loads(rec_path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: not up to date, run the stage again
+            return None
+        if not isinstance(rec, dict):
             return None
         if rec.get("code_version") != __version__ or rec.get("settings") != json.loads(_canonical(settings)):
             return None

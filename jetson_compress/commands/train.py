@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     override(cfg, "train.epochs", args.epochs)
     override(cfg, "train.batch_size", args.batch_size)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
     train_set = open_split(cfg, cfg["data"]["train_split"])
     eval_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)  # only once the inputs are known good: a failed run keeps an earlier run's copy
     m = cfg["model"]
     model_cfg = DetectorConfig(num_classes=len(train_set.classes), width_mult=float(m["width_mult"]),
                                neck_channels=int(m["neck_channels"]), head_channels=int(m["head_channels"]),
