@@ -1,7 +1,12 @@
 """Channel pruning of the detector end to end: scores -> keep ratios -> physical pruning -> compensation ->
 fine-tuning, with the plan, the pruned checkpoint and a metrics JSON written atomically.
 
-Used by ``jetson-compress prune``, ``benchmarks/prune_compare.py`` and the ``build`` pipeline.
+Layer pruning (M5, ``--method layer``) and depth + width under one target (``--method layer+richness``) go through
+:func:`layer_prune_detector`; the retraining methods (``finetune``: plain, graft, distill, adversarial) through
+:mod:`compress.retrain`.
+
+Used by ``jetson-compress prune``, ``benchmarks/prune_compare.py``, ``benchmarks/layer_vs_channel.py`` and the
+``build`` pipeline.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from compress.pruning import make_plan, prune_groups, save_plan
 from compress.voc import VOCDataset, load_image
 
 METHODS = ("richness", "entropy", "l1", "bn")
+LAYER_METHODS = ("layer", "layer+richness")
 
 
 def calibration_batch(dataset: VOCDataset, size: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -109,6 +115,113 @@ def prune_detector(
     return {"model": pruned, "plan": plan, "compensation": comp_report}
 
 
+def layer_prune_detector(
+    model: Detector,
+    method: str,
+    target_reduction: float,
+    calibration: torch.Tensor,
+    *,
+    train_set: Optional[VOCDataset] = None,
+    out_dir: Optional[Path] = None,
+    sparsity_epochs: int = 0,
+    layer_lambda: float = 1e-3,
+    layer_share: float = 0.5,
+    layer_threshold: Optional[float] = None,
+    layer_score: str = "effective",
+    round_to: int = 8,
+    min_channels: int = 8,
+    alpha: float = 0.5,
+    train_cfg: Optional[Dict[str, Any]] = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
+    """M5 on a copy of ``model``: convert eligible layers to ResConvs (function-preserving), optional L1 sparsity
+    training of the layer scales, removal of the lowest-scored layers (or those under ``layer_threshold``) until
+    the FLOPs target (``layer`` method) or ``layer_share`` of it (``layer+richness``, which then prunes channels of
+    the layer-pruned model with the richness path to reach the whole target). Returns model, plan, layer table.
+
+    ``layer_score``: ``scale`` ranks by |s| (the method as published; meaningful after sparsity training);
+    ``effective`` by |s| x ||branch(x)|| / ||x|| on the calibration images, i.e. how far the layer is from the
+    identity, which also ranks a converted pretrained model that had no sparsity training.
+    """
+    from compress.layer_pruning import (LayerScaleL1, convert_to_resconv, find_eligible, layer_table,
+                                        preserve_function, remove_layers, scalar_scales, scaled_layers)
+
+    if method not in LAYER_METHODS:
+        raise ValueError(f"unknown layer-pruning method {method!r}; choose from {LAYER_METHODS}")
+    if layer_score not in ("scale", "effective"):
+        raise ValueError(f"layer_score must be 'scale' or 'effective', got {layer_score!r}")
+    size = model.config.input_size
+    base = count_flops_params(model, (1, 3, size, size))
+    work = copy.deepcopy(model).eval()
+    names = find_eligible(work, calibration[:1])
+    convert_to_resconv(work, names)
+    preserve_function(work, calibration)
+    info: Dict[str, Any] = {"eligible": len(names)}
+    if sparsity_epochs > 0:
+        if train_set is None:
+            raise ValueError("layer-scale sparsity training needs the training set")
+        from compress.train import train
+
+        penalty = LayerScaleL1(work, size, lam=layer_lambda)
+        cfg = dict(train_cfg or {})
+        cfg.update(epochs=sparsity_epochs, warmup_epochs=0)
+        t = time.perf_counter()
+        train(work, train_set, Path(out_dir or ".") / "layer_sparsity", cfg, resume=False, progress=progress,
+              extra_loss=penalty, log=log)
+        info["sparsity_seconds"] = time.perf_counter() - t
+    table = layer_table(work, size, calibration[:16] if layer_score == "effective" else None)
+    share = 1.0 if method == "layer" else layer_share
+    if layer_threshold is not None:
+        removed = remove_layers(work, [r["name"] for r in table if r["score"] < layer_threshold])
+    else:
+        from compress.layer_pruning import select_layers
+
+        removed = remove_layers(work, select_layers(table, macs_to_save=share * target_reduction * base.macs))
+    resconv = sorted(scaled_layers(work))
+    after_layers = count_flops_params(work, (1, 3, size, size))
+    log(f"layer pruning: removed {len(removed)} of {len(names)} eligible layers, MACs "
+        f"{base.macs / 1e6:.1f} M -> {after_layers.macs / 1e6:.1f} M")
+    layers: Dict[str, Dict] = {}
+    keep: Dict[int, List[int]] = {}
+    with scalar_scales(work):
+        dg = build_dependency_graph(work.eval(), size)
+        channel_reduction = 1.0 - (1.0 - target_reduction) * base.macs / max(after_layers.macs, 1)
+        if method == "layer+richness" and channel_reduction > 0.005:
+            decision = plan_pruning(work, "richness", channel_reduction, calibration, "flops", round_to,
+                                    min_channels, alpha)
+            dg, keep = decision["dg"], decision["keep"]
+            layers = prune_groups(work, dg, keep)
+            info["channel_reduction_of_layer_pruned"] = channel_reduction
+    after = count_flops_params(work, (1, 3, size, size))
+    achieved = {"macs": after.macs, "flops": after.flops, "params": after.params, "baseline_macs": base.macs,
+                "baseline_flops": base.flops, "baseline_params": base.params,
+                "flops_reduction": 1 - after.macs / base.macs, "params_reduction": 1 - after.params / base.params,
+                "layer_flops_reduction": 1 - after_layers.macs / base.macs}
+    meta = {"architecture": model.config.architecture, "input_size": size, "model_config": model.config.to_dict()}
+    target = {"kind": "flops", "reduction": target_reduction}
+    plan = make_plan(meta, layers, dg, keep, method, target, round_to, achieved, removed_layers=removed,
+                     extra={"resconv_layers": resconv, "layer_table": table,
+                            "layer_settings": {"score": layer_score, "share": share, "threshold": layer_threshold,
+                                               "sparsity_epochs": sparsity_epochs, "lambda": layer_lambda}})
+    return {"model": work.eval(), "plan": plan, "table": table, "info": info}
+
+
+def alignment_accuracy(teacher: Detector, images: torch.Tensor) -> Callable[[Detector], float]:
+    """Accuracy proxy for architecture selection: minus the distillation loss to the baseline on held-out images."""
+    from compress.retrain import distill_loss
+
+    with torch.no_grad():
+        t_outs = teacher.eval().raw_outputs(images)
+
+    def score(candidate: Detector) -> float:
+        with torch.no_grad():
+            loss, _ = distill_loss(candidate.eval().raw_outputs(images), t_outs, teacher.config.num_classes)
+        return -float(loss)
+
+    return score
+
+
 def run_prune(
     model: Detector,
     ckpt_meta: Dict[str, Any],
@@ -133,8 +246,24 @@ def run_prune(
     baseline_ap: Optional[Dict[str, float]] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    finetune: str = "plain",
+    finetune_seconds: Optional[float] = None,
+    retrain_options: Optional[Dict[str, Any]] = None,
+    layer_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The whole ``prune`` command; writes ``pruned.pt``, ``plan.json`` and ``metrics.json`` into ``out_dir``."""
+    """The whole ``prune`` command; writes ``pruned.pt``, ``plan.json`` and ``metrics.json`` into ``out_dir``.
+
+    ``finetune`` picks the retraining method (``compress.retrain``); ``plain`` with epochs and no seconds budget is
+    the original EMA training loop. ``layer_options`` go to :func:`layer_prune_detector` (layer methods only).
+    """
+    from compress.retrain import METHODS as RETRAIN_METHODS
+
+    if method not in METHODS + LAYER_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS + LAYER_METHODS}")
+    if finetune not in RETRAIN_METHODS:
+        raise ValueError(f"unknown retraining method {finetune!r}; choose from {RETRAIN_METHODS}")
+    if method in LAYER_METHODS and (target_kind != "flops" or compensate_flag):
+        raise ValueError(f"--method {method} supports a FLOPs target only and no --compensate")
     from compress.inference import evaluate_model, summary_ap
 
     out_dir = Path(out_dir)
@@ -142,7 +271,9 @@ def run_prune(
     size = model.config.input_size
     timings: Dict[str, float] = {}
     metrics: Dict[str, Any] = {"method": method, "target": {"kind": target_kind, "reduction": target_reduction},
-                               "compensate": compensate_flag, "finetune_epochs": finetune_epochs}
+                               "compensate": compensate_flag, "finetune_epochs": finetune_epochs,
+                               "finetune": finetune, "finetune_seconds": finetune_seconds}
+    teacher = model
 
     t = time.perf_counter()
     calib = calibration_batch(train_set, size, calibration_images)
@@ -154,7 +285,7 @@ def run_prune(
         timings["eval_baseline"] = time.perf_counter() - t
     metrics["ap50_baseline"] = baseline_ap
 
-    if sparsity_epochs > 0:
+    if sparsity_epochs > 0 and method not in LAYER_METHODS:
         # M4: adaptive-L1 sparsity training on BN scaling factors before deciding what to cut.
         from compress.depgraph import build_dependency_graph as _bdg
         from compress.sparsity import AdaptiveBNL1
@@ -170,13 +301,23 @@ def run_prune(
         metrics["bn_sparsity_after"] = penalty.sparsity()
         timings["sparsity_training"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha)
-    timings["analyse"] = time.perf_counter() - t
-    t = time.perf_counter()
-    result = prune_detector(model, decision, method, {"kind": target_kind, "reduction": target_reduction}, round_to,
-                            compensate_with=calib[:32] if compensate_flag else None)
-    timings["prune" + ("+compensate" if compensate_flag else "")] = time.perf_counter() - t
+    if method in LAYER_METHODS:
+        t = time.perf_counter()
+        result = layer_prune_detector(model, method, target_reduction, calib, train_set=train_set, out_dir=out_dir,
+                                      sparsity_epochs=sparsity_epochs, round_to=round_to, min_channels=min_channels,
+                                      alpha=alpha, train_cfg=train_cfg, progress=progress, log=log,
+                                      **(layer_options or {}))
+        timings["analyse"] = 0.0
+        timings["prune"] = time.perf_counter() - t
+        metrics["layers_removed"] = len(result["plan"]["removed_layers"])
+    else:
+        t = time.perf_counter()
+        decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha)
+        timings["analyse"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result = prune_detector(model, decision, method, {"kind": target_kind, "reduction": target_reduction},
+                                round_to, compensate_with=calib[:32] if compensate_flag else None)
+        timings["prune" + ("+compensate" if compensate_flag else "")] = time.perf_counter() - t
     pruned, plan = result["model"], result["plan"]
     metrics.update({k: plan["achieved"][k] for k in ("flops", "params", "baseline_flops", "baseline_params",
                                                      "flops_reduction", "params_reduction")})
@@ -188,7 +329,35 @@ def run_prune(
         t = time.perf_counter()
         metrics["ap50_before_finetune"] = summary_ap(evaluate_model(pruned, test_set, size, eval_cfg))
         timings["eval_pruned"] = time.perf_counter() - t
-    if finetune_epochs > 0:
+    if finetune != "plain" or (finetune_seconds and finetune_epochs <= 0):
+        if finetune_epochs <= 0 and not finetune_seconds:
+            raise ValueError(f"--finetune {finetune} needs --finetune-epochs or --finetune-seconds")
+        from compress.retrain import finetune as retrain
+
+        cfg = dict(train_cfg or {})
+        steps = finetune_epochs * max(len(train_set) // int(cfg.get("batch_size", 16)), 1) if finetune_epochs else None
+        t = time.perf_counter()
+        res = retrain(pruned, train_set, cfg, finetune, teacher=teacher, steps=steps, seconds=finetune_seconds,
+                      options=retrain_options, accuracy_fn=alignment_accuracy(teacher, calib[-16:]), log=log)
+        timings["finetune"] = time.perf_counter() - t
+        metrics["retrain"] = res["info"]
+        if finetune == "adversarial":
+            pruned = res["model"]
+            from compress.pruning import validate_plan
+            from compress.retrain import compose_layer_plans
+
+            plan["layers"] = compose_layer_plans(plan["layers"], res["extra_layers"])
+            after = count_flops_params(pruned, (1, 3, size, size))
+            plan["achieved"].update(macs=after.macs, flops=after.flops, params=after.params,
+                                    flops_reduction=1 - after.macs / plan["achieved"]["baseline_macs"],
+                                    params_reduction=1 - after.params / plan["achieved"]["baseline_params"])
+            plan["adversarial_selection"] = {"candidates": res["candidates"], "chosen": res["chosen"]}
+            validate_plan(plan)
+            metrics.update({k: plan["achieved"][k] for k in ("flops", "params", "flops_reduction",
+                                                             "params_reduction")})
+        if test_set is not None:
+            metrics["ap50_after_finetune"] = summary_ap(evaluate_model(pruned, test_set, size, eval_cfg))
+    elif finetune_epochs > 0:
         from compress.train import train
 
         cfg = dict(train_cfg or {})

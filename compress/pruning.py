@@ -17,6 +17,12 @@ Plan format (version 1)::
      "removed_layers": [],
      "achieved": {"macs": .., "params": .., "baseline_macs": .., "baseline_params": .., ...}}
 
+Version 2 (written only when layers were converted or removed, so channel-only plans stay version 1) adds layer
+pruning (M5, ``compress.layer_pruning``): ``"resconv_layers": [name, ...]`` (layers turned into ResConv or scaled
+blocks, whose ``scale`` parameters are in the state dict) and a non-empty ``"removed_layers"`` (layers replaced by the
+identity). The structure is rebuilt in this order: convert, remove, then slice channels (``layers``), which is
+also the order in which ``--method layer+richness`` creates it.
+
 Host side: imports torch.
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ from torch import nn
 from compress.depgraph import DependencyGraph
 
 PLAN_FORMAT = "jetson-compress-prune-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
 class PlanError(ValueError):
@@ -90,6 +96,10 @@ def apply_layer_plan(model: nn.Module, layers: Dict[str, Dict]) -> nn.Module:
             if isinstance(mod, nn.Linear) else getattr(mod, "num_features", None)
         if expected_out != spec["out"]:
             raise PlanError(f"layer {name}: plan expects {spec['out']} output channels, the model has {expected_out}")
+        expected_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features \
+            if isinstance(mod, nn.Linear) else getattr(mod, "num_features", None)
+        if "in" in spec and expected_in != spec["in"]:
+            raise PlanError(f"layer {name}: plan expects {spec['in']} input channels, the model has {expected_in}")
         if isinstance(mod, nn.Conv2d) and kind == "conv":
             _set(mod, "weight", _take(_take(mod.weight.data, kout, 0), kin, 1), True)
             _set(mod, "bias", _take(mod.bias.data if mod.bias is not None else None, kout), True)
@@ -187,8 +197,10 @@ def make_plan(model_meta: Dict[str, Any], layers: Dict[str, Dict], dg: Dependenc
     for g in dg.prunable_groups():
         groups.append({"group": g.gid, "channels": g.size, "kept": len(keep.get(g.gid, range(g.size))),
                        "producers": g.producers})
+    layer_fields = bool(removed_layers) or bool((extra or {}).get("resconv_layers"))
     plan = {
-        "format": PLAN_FORMAT, "format_version": PLAN_VERSION, "method": method, "target": target,
+        "format": PLAN_FORMAT, "format_version": PLAN_VERSION if layer_fields else 1, "method": method,
+        "target": target,
         "round_to": round_to, "model": model_meta, "layers": layers, "groups": groups,
         "removed_layers": list(removed_layers or []), "achieved": achieved,
     }
@@ -218,27 +230,49 @@ def load_plan(path: os.PathLike | str) -> Dict[str, Any]:
 def validate_plan(plan: Any, where: str = "plan") -> None:
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise PlanError(f"{where}: not a jetson-compress prune plan (missing format marker)")
-    if plan.get("format_version", 0) > PLAN_VERSION:
-        raise PlanError(f"{where}: plan format {plan.get('format_version')} is newer than this code ({PLAN_VERSION})")
+    version = plan.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PlanError(f"{where}: plan format_version {version!r} is not a version number (this code reads "
+                        f"{PLAN_VERSION})")
+    if version > PLAN_VERSION:
+        raise PlanError(f"{where}: plan format {version} is newer than this code ({PLAN_VERSION})")
     layers = plan.get("layers")
     if not isinstance(layers, dict):
         raise PlanError(f"{where}: 'layers' missing")
+    for key in ("removed_layers", "resconv_layers"):
+        names = plan.get(key) or []
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise PlanError(f"{where}: '{key}' must be a list of module names")
+        if names and plan.get("format_version", 1) < 2:
+            raise PlanError(f"{where}: '{key}' needs plan format_version 2, the plan says {plan.get('format_version')}")
     for name, spec in layers.items():
+        if not isinstance(spec, dict):
+            raise PlanError(f"{where}: layer {name}: expected a mapping, got {type(spec).__name__}")
         for key in ("kind", "in", "out", "keep_in", "keep_out"):
             if key not in spec:
                 raise PlanError(f"{where}: layer {name} lacks '{key}'")
+        for key in ("in", "out"):
+            if not _is_int(spec[key]) or spec[key] < 1:
+                raise PlanError(f"{where}: layer {name} '{key}' must be a positive channel count, got {spec[key]!r}")
         for key, bound in (("keep_in", spec["in"]), ("keep_out", spec["out"])):
             idx = spec[key]
-            if idx is not None and (not idx or min(idx) < 0 or max(idx) >= bound or sorted(set(idx)) != idx):
+            if idx is not None and (not isinstance(idx, list) or not idx or not all(_is_int(i) for i in idx)
+                                    or min(idx) < 0 or max(idx) >= bound or sorted(set(idx)) != idx):
                 raise PlanError(f"{where}: layer {name} '{key}' must be sorted unique indices in [0, {bound})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def apply_plan_structure(model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
     """Give a freshly built dense model the pruned shapes of ``plan`` (weights are loaded afterwards)."""
     validate_plan(plan)
-    removed = plan.get("removed_layers") or []
-    if removed:
-        from compress.layer_pruning import remove_layers  # pragma: no cover - added by the layer-pruning stage
+    if plan.get("removed_layers") or plan.get("resconv_layers"):
+        from compress.layer_pruning import LayerPruningError, apply_layer_structure
 
-        remove_layers(model, removed)
+        try:
+            apply_layer_structure(model, plan)
+        except LayerPruningError as exc:
+            raise PlanError(str(exc)) from None
     return apply_layer_plan(model, plan["layers"])

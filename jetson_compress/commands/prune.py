@@ -1,4 +1,5 @@
-"""``jetson-compress prune``: structured channel pruning of a detector checkpoint (default: the shipped baseline)."""
+"""``jetson-compress prune``: structured channel pruning (M1/M4), layer pruning (M5) or both, of a detector
+checkpoint (default: the shipped baseline), with a choice of retraining (plain, graft, distill, adversarial)."""
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ def register(sub) -> None:
     tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--target-flops", type=float, help="fraction of FLOPs to remove, e.g. 0.5 (default)")
     tgt.add_argument("--target-params", type=float, help="fraction of parameters to remove instead")
-    p.add_argument("--method", choices=["richness", "entropy", "l1", "bn"], default="richness",
-                   help="keep-ratio method: layer information richness (M1), entropy only, uniform L1, BN slimming")
+    p.add_argument("--method", choices=["richness", "entropy", "l1", "bn", "layer", "layer+richness"],
+                   default="richness",
+                   help="keep-ratio method: layer information richness (M1), entropy only, uniform L1, BN slimming; "
+                        "layer: remove ResConv layers/blocks (M5); layer+richness: depth and width, one target")
     p.add_argument("--alpha", type=float, default=0.5, help="richness = alpha*entropy + (1-alpha)*avg L1")
     p.add_argument("--round-to", type=int, default=8, help="round kept channels to a multiple of this")
     p.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
@@ -29,6 +32,19 @@ def register(sub) -> None:
     p.add_argument("--sparsity-epochs", type=int, default=0,
                    help="M4: epochs of adaptive-L1 sparsity training on BN factors before pruning (pair with --method bn)")
     p.add_argument("--sparsity-lambda", type=float, default=1e-4, help="base L1 coefficient of sparsity training")
+    p.add_argument("--finetune", choices=["plain", "graft", "distill", "adversarial"], default="plain",
+                   help="retraining after pruning: plain, grafting (M2), distillation from the baseline, adversarial "
+                        "alignment + architecture selection (M3); needs --finetune-epochs or --finetune-seconds")
+    p.add_argument("--finetune-seconds", type=float, help="wall-clock budget of the retraining instead of epochs")
+    p.add_argument("--layer-share", type=float, default=0.5,
+                   help="layer+richness: fraction of the FLOPs target taken by removing layers (rest: channels)")
+    p.add_argument("--layer-lambda", type=float, default=1e-3,
+                   help="L1 coefficient on the ResConv layer scales during --sparsity-epochs (layer methods)")
+    p.add_argument("--layer-threshold", type=float,
+                   help="remove every layer whose score is under this instead of meeting the FLOPs target")
+    p.add_argument("--layer-score", choices=["scale", "effective"], default="effective",
+                   help="rank layers by |s| (scale) or by |s| * branch/input norm on calibration images (effective)")
+    p.add_argument("--graft-every", type=int, default=20, help="graft: steps between two grafting operations")
     p.add_argument("--no-eval", action="store_true", help="skip AP evaluation (faster)")
     p.add_argument("--out", required=True, help="output folder: pruned.pt, plan.json, metrics.json")
     p.set_defaults(func=run)
@@ -44,8 +60,18 @@ def run(args: argparse.Namespace) -> int:
     value = 0.5 if value is None else value
     if not 0.0 < value < 1.0:
         raise UserError(f"--target-{kind} {value}: must be a fraction of {kind} to remove, strictly between 0 and 1")
-    if args.round_to < 1 or args.min_channels < 1:
-        raise UserError("--round-to and --min-channels must be >= 1")
+    for flag, n in (("--round-to", args.round_to), ("--min-channels", args.min_channels)):
+        if n < 1:
+            raise UserError(f"{flag} {n}: must be >= 1")
+    layer_method = args.method.startswith("layer")
+    if layer_method and (kind != "flops" or args.compensate):
+        raise UserError(f"--method {args.method}: only a FLOPs target (--target-flops) and no --compensate")
+    if not 0.0 < args.layer_share <= 1.0:
+        raise UserError(f"--layer-share {args.layer_share}: must be in (0, 1]")
+    if args.finetune != "plain" and args.finetune_epochs <= 0 and not args.finetune_seconds:
+        raise UserError(f"--finetune {args.finetune} needs --finetune-epochs or --finetune-seconds")
+    if args.finetune_seconds is not None and args.finetune_seconds <= 0:
+        raise UserError("--finetune-seconds must be > 0")
     t0 = time.perf_counter()
     cfg = resolve(args)
     ckpt_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
@@ -56,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.classes:
         cfg["data"]["classes"] = list(ckpt["classes"])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
     train_set = open_split(cfg, cfg["data"]["train_split"])
     test_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)  # only once the inputs are known good: a failed run keeps an earlier run's copy
     baseline_ap = None
     stored = (ckpt.get("metrics") or {}).get("ap50_voc07")
     if test_set is not None and stored and ckpt.get("split_hashes", {}).get(test_set.split) == test_set.split_sha256():
@@ -69,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
                     compensate_flag=args.compensate, finetune_epochs=args.finetune_epochs, train_cfg=cfg["train"],
                     eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
                     sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
-                    baseline_ap=baseline_ap)
+                    baseline_ap=baseline_ap, finetune=args.finetune, finetune_seconds=args.finetune_seconds,
+                    retrain_options={"graft_every": args.graft_every, "round_to": args.round_to,
+                                     "min_channels": args.min_channels},
+                    layer_options={"layer_share": args.layer_share, "layer_lambda": args.layer_lambda,
+                                   "layer_threshold": args.layer_threshold, "layer_score": args.layer_score}
+                    if layer_method else None)
     m = res["metrics"]
     print(json.dumps({k: m[k] for k in m if k.startswith("ap50") or k in ("flops_reduction", "params_reduction")},
                      indent=2, default=float))
