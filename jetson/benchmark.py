@@ -200,6 +200,8 @@ def markdown_report(report):
     settings = report["settings"]
     backend = report["backend"]
     lines = ["# On-device benchmark: {}".format(report["bundle"]), ""]
+    if report.get("note"):
+        lines.extend(["> " + report["note"], ""])
     where = env.get("device_model") or env.get("cpu_model") or env.get("platform")
     jetson = env.get("jetson") or {}
     power = env.get("power_mode") or {}
@@ -207,7 +209,9 @@ def markdown_report(report):
     if backend == "ort":
         backend_text += " {} (CPU, {} threads)".format(env.get("onnxruntime"), settings.get("threads") or "default")
     else:
-        backend_text += " {} FP16".format((env.get("tensorrt") or {}).get("version"))
+        precisions = sorted(set(str(row["runner"].get("precision", "?")).upper()
+                                for row in report["variants"].values()))
+        backend_text += " {} {}".format((env.get("tensorrt") or {}).get("version"), "/".join(precisions))
     lines.append("- Device: {}{}{}".format(
         where, ", L4T {} / JetPack {}".format(jetson.get("l4t"), jetson.get("jetpack")) if jetson.get("l4t") else "",
         ", power mode {}".format(power.get("power_mode")) if power.get("power_mode") else ""))
@@ -279,7 +283,7 @@ def _mib(value):
 def run_benchmark(bundle_dir, backend="auto", variants=None, runs=200, warmup=20, threads=None, json_out=None,
                   md_out=None, eval_root=None, split="test", engine_dir=None, workspace_mib=512, rebuild=False,
                   pipeline_runs=50, round_size=10, eval_limit=None, eval_score_threshold=0.01, tegrastats=True,
-                  log=None):
+                  log=None, note=None):
     """Measure every variant of the bundle side by side; returns the report dict (also written to json_out/md_out).
 
     Raises `runtime.bundle.BundleError` for an unusable bundle and ValueError for unknown variants.
@@ -368,7 +372,7 @@ def run_benchmark(bundle_dir, backend="auto", variants=None, runs=200, warmup=20
     report = collections.OrderedDict([
         ("format", FORMAT), ("format_version", FORMAT_VERSION),
         ("created", datetime.datetime.now().replace(microsecond=0).isoformat()),
-        ("bundle", os.path.abspath(bundle_dir)), ("backend", backend), ("backend_reason", reason),
+        ("bundle", os.path.abspath(bundle_dir)), ("note", note), ("backend", backend), ("backend_reason", reason),
         ("settings", collections.OrderedDict([
             ("runs", int(runs)), ("warmup", int(warmup)), ("round_size", int(round_size)), ("interleaved", True),
             ("pipeline_runs", int(pipeline_runs)), ("threads", threads), ("frames_source", frames_source),
@@ -448,6 +452,7 @@ def build_parser():
     parser.add_argument("--workspace-mib", type=int, default=512, help="TensorRT builder workspace (default 512)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild TensorRT engines even when cached")
     parser.add_argument("--no-tegrastats", action="store_true", help="do not sample tegrastats")
+    parser.add_argument("--note", help="one sentence stored in the report (e.g. which checkpoints the bundle holds)")
     return parser
 
 
@@ -464,7 +469,8 @@ def main(argv=None):
                       threads=args.threads, json_out=json_out, md_out=md_out, eval_root=args.eval, split=args.split,
                       engine_dir=args.engine_dir, workspace_mib=args.workspace_mib, rebuild=args.rebuild,
                       pipeline_runs=args.pipeline_runs, round_size=args.round_size, eval_limit=args.eval_limit,
-                      eval_score_threshold=args.eval_score_threshold, tegrastats=not args.no_tegrastats)
+                      eval_score_threshold=args.eval_score_threshold, tegrastats=not args.no_tegrastats,
+                      note=args.note)
     except (BundleError, MissingDependencyError, VariantError, VOCError, ManifestError, IOError) as exc:
         sys.stderr.write("jetson.benchmark: {}\n".format(exc))
         return 2

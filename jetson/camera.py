@@ -102,22 +102,37 @@ def parse_source(text):
 
 
 def cv2_video_backends(build_information):
-    """``cv2.getBuildInformation()`` -> {"GStreamer": bool, "FFMPEG": bool, "V4L/V4L2": bool, ...} (Video I/O)."""
+    """``cv2.getBuildInformation()`` -> {"GStreamer": bool, "FFMPEG": bool, "V4L/V4L2": bool, ...} (Video I/O).
+
+    Two layouts exist: ``GStreamer: YES (1.14.5)`` on one line (OpenCV 4.x, JetPack's 4.1.1), and an empty value
+    followed by indented components ``base: YES (1.14.5)``, ``video: ...`` (OpenCV 3.x); a backend is available
+    when its own value, or for the second layout any of its components, says YES. Components are not backends.
+    """
     backends = collections.OrderedDict()
     in_video = False
+    current = None
     for line in build_information.splitlines():
         stripped = line.strip()
         if stripped.startswith("Video I/O:"):
             in_video = True
             continue
-        if in_video:
-            if not stripped:
+        if not in_video or not stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent < 4:  # the next top-level section
+            break
+        match = re.match(r"^([^:]+):\s*(.*)$", stripped)
+        if not match:
+            continue
+        name, value = match.group(1).strip(), match.group(2).strip()
+        if current is not None and indent > current[1]:  # a component of the current backend
+            if not value and not backends[current[0]]:
                 continue
-            if not line.startswith("    "):  # the next top-level section
-                break
-            match = re.match(r"^([^:]+):\s*(.*)$", stripped)
-            if match:
-                backends[match.group(1).strip()] = match.group(2).strip().upper().startswith("YES")
+            if value.upper().startswith("YES") and current[2]:
+                backends[current[0]] = True
+            continue
+        backends[name] = value.upper().startswith("YES")
+        current = (name, indent, not value)  # components count only when the backend's own value is empty
     return backends
 
 

@@ -52,6 +52,7 @@ while [ "$#" -gt 0 ]; do
     shift
 done
 
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NV_TEGRA_RELEASE="${NV_TEGRA_RELEASE:-/etc/nv_tegra_release}"
 PYTHON="${PYTHON:-python3}"
 CUDA_ROOT="${CUDA_ROOT:-/usr/local/cuda}"
@@ -118,7 +119,17 @@ else
 fi
 
 # 4. OpenCV with GStreamer (never pip's opencv-python) --------------------------------------------------------------
-if cv2_info="$("$PYTHON" -c 'import cv2, re; b = cv2.getBuildInformation(); m = re.search(r"GStreamer:\s*(\S+)", b); print(cv2.__version__, cv2.__file__, m.group(1) if m else "NO")' 2>/dev/null)"; then
+# GStreamer support is read by jetson.camera.cv2_video_backends, the parser the camera code itself uses (it knows the
+# one-line OpenCV 4.x layout and the OpenCV 3.x layout with indented components).
+if cv2_info="$("$PYTHON" - "$REPO_ROOT" 2>/dev/null <<'PYEOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+import cv2
+from jetson.camera import cv2_video_backends
+gstreamer = cv2_video_backends(cv2.getBuildInformation()).get("GStreamer")
+print(cv2.__version__, cv2.__file__, "YES" if gstreamer else "NO")
+PYEOF
+)"; then
     read -r cv2_version cv2_file cv2_gst <<<"$cv2_info"
     if [ "$cv2_gst" = "YES" ]; then
         ok "OpenCV $cv2_version with GStreamer ($cv2_file)"

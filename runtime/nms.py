@@ -47,9 +47,11 @@ def _check_limit(value, name):
         raise ValueError("{} must be None (no limit) or >= 0; got {}".format(name, value))
 
 
-# Candidates resolved together: the greedy walk inside a block runs on a small precomputed matrix, and the boxes it
-# keeps then suppress everything after the block in one vectorised step. Exact greedy NMS, with a handful of numpy
-# calls per block instead of per kept box (the per-box loop is call-overhead bound at a few hundred candidates).
+# Candidates resolved together: each block of the score-sorted candidates is first filtered by every box kept so far
+# (one vectorised step), then resolved by a greedy walk over a small precomputed matrix. Exact greedy NMS, with a
+# handful of numpy calls per block instead of per kept box, and work that stops as soon as ``max_detections`` boxes
+# are kept: later candidates are never compared with anything (with 1000 candidates and 100 detections kept from
+# the first blocks, that is most of them).
 _BLOCK = 64
 
 
@@ -99,14 +101,18 @@ def _greedy_keep(boxes, scores, labels, iou_threshold, max_detections):
     limit = n if max_detections is None else int(max_detections)
     if n == 0 or limit == 0:
         return np.zeros((0,), dtype=np.int64)
-    order, alive = _stack_candidates(boxes, scores, labels)
+    order, candidates = _stack_candidates(boxes, scores, labels)
     class_wise = labels is not None
     threshold = float(iou_threshold)
 
     keep = []  # positions in the sorted order
-    while alive.shape[1] > 0:
-        block = alive[:, :_BLOCK]
-        rest = alive[:, _BLOCK:]
+    kept_so_far = None  # (7, k) stacked rows of the kept boxes
+    for start in range(0, n, _BLOCK):
+        block = candidates[:, start:start + _BLOCK]
+        if kept_so_far is not None:
+            block = block[:, ~_suppression(kept_so_far, block, threshold, class_wise).any(axis=0)]
+            if block.shape[1] == 0:
+                continue
         within = _suppression(block, block, threshold, class_wise)
         removed = np.zeros(block.shape[1], dtype=bool)
         kept_columns = []
@@ -120,9 +126,9 @@ def _greedy_keep(boxes, scores, labels, iou_threshold, max_detections):
             removed |= within[column]
         kept = block[:, kept_columns]
         keep.extend(kept[6].tolist())
-        if len(keep) >= limit or rest.shape[1] == 0:
+        if len(keep) >= limit:
             break
-        alive = rest[:, ~_suppression(kept, rest, threshold, class_wise).any(axis=0)]
+        kept_so_far = kept if kept_so_far is None else np.concatenate([kept_so_far, kept], axis=1)
     return order[np.asarray(keep, dtype=np.int64)].astype(np.int64)
 
 

@@ -5,9 +5,14 @@ imports torch or onnx.
 
 The letterbox is the one used in training and evaluation (`compress/augment.py` ``letterbox``): scale
 ``s = min(S / w, S / h)``, the resized image centred at ``dx = (S - w s) / 2``, ``dy = (S - h s) / 2``, drawn by one
-``cv2.warpAffine`` with matrix ``[[s, 0, dx], [0, s, dy]]`` (INTER_AREA when shrinking, INTER_LINEAR otherwise) over a
-constant border of ``pad_value``. The two give identical pixels (tested on real images); any change here must be
-made there too.
+``cv2.warpAffine`` with matrix ``[[s, 0, dx], [0, s, dy]]`` (flag INTER_AREA when shrinking, INTER_LINEAR otherwise)
+over a constant border of ``pad_value``. The two give identical pixels (tested on real images); any change here must
+be made there too.
+
+NOTE: ``cv2.warpAffine`` has no area interpolation: with the INTER_AREA flag it interpolates bilinearly, so shrinking
+does not average (640x480 -> 320x240 gives exactly ``frame[::2, ::2]``, measured). Training sees the same pixels, so
+there is no train/deploy mismatch, only aliasing; ``cv2.resize(INTER_AREA)`` + padding would also be ~5x faster, but
+it must change in `compress/augment.py` first (and the model be retrained) to keep the two identical.
 
 Manifest fields read (format v1): ``input.name``, ``input.shape`` ``[1, 3, S, S]``, ``input.layout`` ``NCHW``,
 ``input.dtype`` ``float32``, ``input.colour_order``, ``input.pixel_scale``, ``input.mean``, ``input.std``,
@@ -22,7 +27,7 @@ from runtime.lazy import require
 
 __all__ = [
     "ManifestError", "manifest_field", "LetterboxMeta", "PreprocessConfig", "letterbox_params", "letterbox",
-    "normalise", "preprocess", "letterbox_boxes", "unletterbox_boxes",
+    "normalise", "normalise_reference", "preprocess", "letterbox_boxes", "unletterbox_boxes",
 ]
 
 SUPPORTED_FORMAT_VERSION = 1
@@ -78,6 +83,16 @@ class PreprocessConfig(object):
         self.pixel_scale = np.float32(pixel_scale)
         self.colour_order = colour_order
         self.input_name = input_name
+        # ``(x * pixel_scale - mean) / std`` for every uint8 value x, per network channel, in float32 with the same
+        # operations in the same order as the direct formula (so the table gives bit-identical values); row c is
+        # network channel c. Source channel of network channel c in a BGR frame: 2 - c for RGB, c for BGR.
+        values = np.repeat(np.arange(256, dtype=np.float32)[None, :], 3, axis=0)
+        values *= self.pixel_scale
+        values -= self.mean[:, None]
+        values /= self.std[:, None]
+        self.lut = np.ascontiguousarray(values, dtype=np.float32)
+        self.lut_rows = [np.ascontiguousarray(self.lut[c].reshape(1, 256)) for c in range(3)]  # cv2.LUT's shape
+        self.source_channels = (2, 1, 0) if colour_order == "RGB" else (0, 1, 2)
 
     @property
     def input_shape(self):
@@ -141,11 +156,8 @@ def letterbox(image, size, pad_value=114):
     return out, LetterboxMeta(scale, dx, dy, width, height)
 
 
-def normalise(image_bgr, config):
-    """Letterboxed BGR uint8 (S, S, 3) -> float32 (1, 3, S, S): colour order, ``* pixel_scale``, ``- mean``, ``/ std``.
-
-    NOTE: ``x * pixel_scale`` (the manifest's contract) may differ from the host's ``x / 255.0`` by one float32 ulp.
-    """
+def normalise_reference(image_bgr, config):
+    """The direct formula of `normalise` (float32 arithmetic on the whole image); kept as the test reference."""
     _check_image(image_bgr)
     pixels = image_bgr[:, :, ::-1] if config.colour_order == "RGB" else image_bgr
     x = pixels.astype(np.float32)
@@ -153,6 +165,47 @@ def normalise(image_bgr, config):
     x -= config.mean
     x /= config.std
     return np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+
+
+def normalise(image_bgr, config):
+    """Letterboxed BGR uint8 (S, S, 3) -> float32 (1, 3, S, S): colour order, ``* pixel_scale``, ``- mean``, ``/ std``.
+
+    Done by one table lookup per channel (``config.lut``, 256 float32 values computed with the formula's own float32
+    operations), written straight into the NCHW output: bit-identical to `normalise_reference` (tested on every
+    uint8 value) and 5-10x faster than it (the formula makes five full passes over a float32 image; on the Nano's
+    Cortex-A57 that costs milliseconds per frame). With cv2 the lookup is ``cv2.split`` + ``cv2.LUT`` per plane,
+    without it ``numpy.take``.
+
+    NOTE: ``x * pixel_scale`` (the manifest's contract) may differ from the host's ``x / 255.0`` by one float32 ulp.
+    """
+    _check_image(image_bgr)
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    return (_normalise_numpy if cv2 is None else _normalise_cv2)(image_bgr, config, cv2)
+
+
+def _normalise_numpy(image_bgr, config, cv2=None):
+    height, width = image_bgr.shape[:2]
+    out = np.empty((1, 3, height, width), dtype=np.float32)
+    for channel, source in enumerate(config.source_channels):
+        # mode='clip' writes straight into ``out`` (the default 'raise' buffers it: 3x slower); a uint8 index is
+        # always within the 256-entry table, so nothing is ever clipped.
+        np.take(config.lut[channel], image_bgr[:, :, source], out=out[0, channel], mode="clip")
+    return out
+
+
+def _normalise_cv2(image_bgr, config, cv2):
+    height, width = image_bgr.shape[:2]
+    out = np.empty((1, 3, height, width), dtype=np.float32)
+    planes = cv2.split(image_bgr)
+    for channel, source in enumerate(config.source_channels):
+        target = out[0, channel]
+        result = cv2.LUT(planes[source], config.lut_rows[channel], dst=target)
+        if not np.may_share_memory(result, target):  # a cv2 that did not write into dst: copy (never silently lost)
+            target[...] = result
+    return out
 
 
 def preprocess(image_bgr, config):

@@ -48,9 +48,18 @@ def test_vermin_catches_a_known_violation(tmp_path):
 
 def test_device_code_targets_python_36():
     paths = [REPO / name for name in DEVICE_PACKAGES if (REPO / name).is_dir()]
-    assert paths, "no device packages found"
-    result = run_vermin(paths)
+    assert len(paths) == len(DEVICE_PACKAGES), "a device package is missing"
+    # The device benchmark scripts run on the Nano too (they import only the device packages).
+    scripts = sorted((REPO / "benchmarks").glob("device_*.py"))
+    result = run_vermin(paths + scripts)
     assert result.returncode == 0, "device code needs a Python newer than 3.6:\n" + result.stdout
+    # vermin really looked at the files (a run over nothing would also exit 0).
+    listed = subprocess.run([sys.executable, "-c", VERMIN, "-t=3.6-", "--no-config-file", "-vv"]
+                            + [str(p) for p in paths + scripts],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    for module in ("trt/builder.py", "runtime/runners.py", "jetson/camera_demo.py", "benchmarks/device_prepost.py"):
+        assert str(REPO / module) in listed.stdout, module
+    assert "Minimum required versions:" in listed.stdout
 
 
 IMPORT_ALL = textwrap.dedent("""\
@@ -69,6 +78,13 @@ IMPORT_ALL = textwrap.dedent("""\
     for name in list(sys.modules):
         if name.split(".")[0] in BLOCKED:
             del sys.modules[name]
+    not_blocked = []
+    for name in sorted(BLOCKED):  # the blocker itself works: every blocked package really fails to import
+        try:
+            importlib.import_module(name)
+            not_blocked.append(name)
+        except ImportError:
+            pass
     repo = sys.argv[1]
     sys.path.insert(0, repo)
     modules, failures = [], {}
@@ -88,7 +104,8 @@ IMPORT_ALL = textwrap.dedent("""\
                 except Exception as exc:
                     failures[name] = "{}: {}".format(type(exc).__name__, exc)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    print(json.dumps({"modules": modules, "failures": failures, "loaded_blocked": loaded}))
+    print(json.dumps({"modules": modules, "failures": failures, "loaded_blocked": loaded,
+                      "not_blocked": not_blocked}))
     """)
 
 
@@ -106,7 +123,8 @@ def test_every_device_module_imports_without_heavy_packages(blocked):
     assert "runtime.runners" in report["modules"] and "trt.compat" in report["modules"]
     assert report["failures"] == {}, "device modules that fail to import without {}: {}".format(
         blocked, json.dumps(report["failures"], indent=1))
-    assert report["loaded_blocked"] == []
+    assert report["loaded_blocked"] == [] and report["not_blocked"] == []
+    assert len(report["modules"]) >= 25  # every module of trt/, runtime/ and jetson/ was imported
 
 
 def test_missing_package_gives_one_clear_sentence(monkeypatch):

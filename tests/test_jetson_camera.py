@@ -81,7 +81,14 @@ def test_video_backends_parsed_from_build_information():
             "\n  Parallel framework:            pthreads\n")
     backends = cv2_video_backends(info)
     assert backends["GStreamer"] and backends["FFMPEG"] and not backends["DC1394"]
-    assert "Parallel framework" not in backends
+    assert "Parallel framework" not in backends and "avcodec" not in backends
+    # OpenCV 3.x layout: an empty value followed by the GStreamer components.
+    old_layout = ("  Video I/O:\n    FFMPEG:                      NO\n    GStreamer:                   \n"
+                  "      base:                      YES (1.14.5)\n      video:                     YES (1.14.5)\n"
+                  "    V4L/V4L2:                    Using libv4l (ver 1.14.2)\n\n  Other:\n")
+    backends = cv2_video_backends(old_layout)
+    assert backends == {"FFMPEG": False, "GStreamer": True, "V4L/V4L2": False}
+    assert cv2_video_backends(old_layout.replace("YES (1.14.5)", "NO"))["GStreamer"] is False
     assert cv2_video_backends(cv2.getBuildInformation())["FFMPEG"]  # this machine's pip OpenCV
 
 
@@ -213,6 +220,37 @@ def test_demo_draws_boxes_and_an_overlay_that_says_what_it_measures():
     assert lines[1].startswith("infer 12.3 ms") and lines[2] == "1 detection (score > 0.30)"
     camera_demo.draw_overlay(frame, lines)
     assert frame[:20, :100].max() == 255  # text was drawn
+
+
+@pytest.mark.parametrize("width, height", [(640, 480), (1280, 720), (300, 500)])
+def test_boxes_from_letterboxed_outputs_are_drawn_where_they_are_in_the_frame(width, height):
+    """Known boxes in frame pixels -> network-input pixels (the letterbox) -> raw outputs -> post-processing ->
+    drawing: the rectangles land on the original frame coordinates; decoys below the score threshold and a
+    lower-scoring duplicate (IoU > 0.6) are not drawn."""
+    from runtime.postprocess import PostprocessConfig, detections_from_outputs
+    from runtime.preprocess import letterbox, letterbox_boxes
+
+    frame = np.zeros((height, width, 3), np.uint8)
+    _, meta = letterbox(frame, 320, 114)
+    truth = np.array([[0.1 * width, 0.2 * height, 0.3 * width, 0.7 * height],
+                      [0.6 * width, 0.1 * height, 0.9 * width, 0.5 * height]]).round()
+    boxed = letterbox_boxes(truth, meta)
+    duplicate = boxed[0] + np.array([1.0, 1.0, 1.0, 1.0])  # IoU with box 0 well above 0.6
+    decoy = np.array([5.0, 5.0, 40.0, 40.0])
+    boxes = np.vstack([boxed, duplicate, decoy]).astype(np.float32)[None]
+    scores = np.array([[0.9], [0.8], [0.7], [0.2]], np.float32)[None]
+    config = PostprocessConfig("boxes", "scores", ["person"], score_threshold=0.3, iou_threshold=0.6,
+                               max_detections=100, pre_nms_topk=1000)
+    detections = detections_from_outputs({"boxes": boxes, "scores": scores}, config, meta)
+    assert detections.scores.tolist() == pytest.approx([0.9, 0.8])  # duplicate (0.7) and decoy (0.2) gone
+    assert np.abs(detections.boxes - truth).max() < 1e-3  # float32 outputs: sub-pixel round trip
+    camera_demo.draw_detections(frame, detections, ["person"])
+    green = np.all(frame == camera_demo.BOX_COLOUR, axis=2)
+    for x1, y1, x2, y2 in truth.astype(int):
+        assert green[y1 + 5:y2 - 5, x1].all() and green[y1 + 5:y2 - 5, x2].all()  # left and right edges
+        assert green[y2, x1 + 5:x2 - 5].all()  # bottom edge (the label sits on the top edge)
+        assert not green[(y1 + y2) // 2, x1 + 4:x2 - 3].any()  # inside: nothing drawn
+    assert green.sum() < 0.1 * width * height  # only the two rectangles and their labels
 
 
 def test_demo_unopenable_file_exits_2_naming_it(tmp_path, capsys):

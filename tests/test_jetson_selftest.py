@@ -154,7 +154,19 @@ def fake_nano(tmp_path):
     nvpmodel on PATH: setup.sh's checks can run end to end without a Jetson."""
     modules = tmp_path / "modules"
     modules.mkdir()
-    (modules / "sitecustomize.py").write_text("import sys\nsys.version_info = (3, 6, 9, 'final', 0)\n")
+    include = tmp_path / "include"
+    include.mkdir()
+    (include / "Python.h").write_text("/* fake header: setup.sh only checks that it exists */\n")
+    (modules / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+        import os, sys, sysconfig
+        sys.version_info = (3, 6, 9, 'final', 0)
+        _get_paths = sysconfig.get_paths
+        def get_paths(*args, **kwargs):
+            paths = _get_paths(*args, **kwargs)
+            paths["include"] = os.environ.get("FAKE_PY_INCLUDE", {str(include)!r})
+            return paths
+        sysconfig.get_paths = get_paths
+        """))
     (modules / "tensorrt.py").write_text("__version__ = '8.2.1.8'\n")
     (modules / "cv2.py").write_text(textwrap.dedent("""\
         __version__ = '4.1.1'
@@ -196,6 +208,29 @@ def test_setup_on_a_fake_nano_checks_everything(fake_nano):
     assert result.returncode == 0, result.stderr
     assert "would-run: nvpmodel -m 0" in result.stdout and "would-run: jetson_clocks" in result.stdout
     assert "NV Power Mode: MAXN" in result.stdout
+
+
+def test_setup_refuses_to_build_pycuda_without_python_headers(fake_nano, tmp_path):
+    env, _ = fake_nano
+    empty = tmp_path / "no-headers"
+    empty.mkdir()
+    result = run_setup("--check-only", FAKE_PY_INCLUDE=str(empty), **env)
+    assert result.returncode == 1
+    assert f"Python headers missing ({empty}/Python.h)" in result.stderr and "python3-dev" in result.stderr
+    result = run_setup("--check-only", "--skip-pycuda", FAKE_PY_INCLUDE=str(empty), **env)
+    assert result.returncode == 0 and "pycuda not installed (--skip-pycuda)" in result.stdout
+
+
+def test_setup_reads_the_opencv_3_gstreamer_layout(fake_nano):
+    env, modules = fake_nano
+    cv2_fake = modules / "cv2.py"
+    cv2_fake.write_text(cv2_fake.read_text().replace(
+        "'  Video I/O:\\n    GStreamer:                   ' + GST + '\\n'",
+        "'  Video I/O:\\n    GStreamer:\\n      base:                      ' + GST + '\\n'"))
+    assert "base:" in cv2_fake.read_text()
+    result = run_setup("--check-only", "--skip-pycuda", **env)
+    assert result.returncode == 0, result.stderr
+    assert "OpenCV 4.1.1 with GStreamer" in result.stdout
 
 
 def test_setup_refuses_opencv_without_gstreamer(fake_nano):

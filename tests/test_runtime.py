@@ -117,6 +117,25 @@ def test_normalise_matches_host_layout_to_one_ulp(real_images):
     assert np.allclose(ours[0, :, 0, 0], pad, atol=1e-6) or np.allclose(ours[0, :, -1, -1], pad, atol=1e-6)
 
 
+def test_lookup_table_normalise_is_bit_identical_to_the_formula(real_images):
+    from runtime.preprocess import _normalise_cv2, _normalise_numpy, normalise_reference
+
+    boxed, _ = letterbox(real_images[2], SIZE, 114)
+    every_value = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3) % 256  # all 256 values in every channel
+    for order in ("RGB", "BGR"):
+        config = PreprocessConfig(SIZE, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), colour_order=order)
+        for image in (boxed, every_value.astype(np.uint8)):
+            slow = normalise_reference(image, config)
+            for fast in (normalise(image, config), _normalise_numpy(image, config), _normalise_cv2(image, config, cv2)):
+                assert fast.shape == slow.shape and fast.dtype == slow.dtype == np.float32
+                assert fast.flags["C_CONTIGUOUS"] and np.array_equal(fast, slow)
+    # RGB: network channel 0 reads the frame's red channel (BGR index 2).
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[..., 2] = 255
+    out = normalise(image, PreprocessConfig(2, mean=(0, 0, 0), std=(1, 1, 1), colour_order="RGB"))
+    assert out[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
+
+
 def test_unletterbox_is_bit_identical_to_host_and_exact_on_dyadic_scales():
     rng = np.random.default_rng(3)
     for width, height in ((640, 480), (294, 331), (100, 60)):
@@ -325,3 +344,53 @@ def test_environment_parsers_and_report():
     assert env["python"].count(".") == 2 and env["numpy"] == np.__version__ and env["cv2"] == cv2.__version__
     assert env["jetson"] is None and env["power_mode"] is None  # not a Jetson
     json.dumps(env)
+
+
+# --- NMS ----------------------------------------------------------------------------------------------------------
+
+
+def _greedy_reference(boxes, scores, labels, threshold, limit):
+    """Textbook greedy NMS, one box at a time (float64, stable order)."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            if labels[i] != labels[j]:
+                continue
+            w = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
+            h = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
+            inter = max(w, 0.0) * max(h, 0.0)
+            union = ((boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+                     + (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1]) - inter)
+            if union > 0 and inter / union > threshold:
+                ok = False
+                break
+        if ok:
+            keep.append(int(i))
+            if limit is not None and len(keep) >= limit:
+                break
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_blocked_nms_equals_textbook_greedy_over_many_blocks(seed):
+    from runtime import nms
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(150, 400))
+    # Clusters around a few objects (heavy suppression) plus scattered boxes (light suppression), 3 classes.
+    centres = rng.uniform(20, 300, size=(8, 2))
+    pick = rng.integers(0, 8, size=n)
+    centre = np.where(rng.uniform(size=(n, 1)) < 0.7, centres[pick] + rng.normal(0, 4, size=(n, 2)),
+                      rng.uniform(0, 320, size=(n, 2)))
+    size = rng.uniform(8, 60, size=(n, 2))
+    boxes = np.hstack([centre - size / 2, centre + size / 2])
+    scores = np.round(rng.uniform(0, 1, size=n), 2)  # ties on purpose
+    labels = rng.integers(0, 3, size=n)
+    for threshold in (0.3, 0.6):
+        for limit in (None, 1, 64, 65, 100):
+            got = nms.batched_nms(boxes, scores, labels, threshold, limit).tolist()
+            assert got == _greedy_reference(boxes, scores, labels, threshold, limit), (threshold, limit)
+        assert nms.nms(boxes, scores, threshold).tolist() == _greedy_reference(
+            boxes, scores, np.zeros(n, np.int64), threshold, None)

@@ -603,6 +603,26 @@ def test_build_engine_control_flow(install, tmp_path, make, workspace_api, netwo
     assert any("loaded" in m for m in messages)
 
 
+def test_build_engine_ignores_a_timing_cache_from_another_device(install, tmp_path):
+    trt = install(FakeTensorRT10())
+
+    class RefusingConfig(_Config10):
+        def set_timing_cache(self, cache, ignore_mismatch):
+            assert ignore_mismatch is False
+            self.timing_cache = cache
+            return cache.data == b""  # TensorRT refuses (returns False) a cache of another GPU / version
+
+    trt.Builder.config_cls = RefusingConfig
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"x")
+    cache_file = tmp_path / "timing.cache"
+    cache_file.write_bytes(b"other-gpu")
+    messages = []
+    build_engine(onnx_file, timing_cache_path=cache_file, log=messages.append)
+    assert any("written on another device or TensorRT version; ignoring it" in m for m in messages)
+    assert cache_file.read_bytes() == b"+timings"  # replaced by this device's cache
+
+
 def test_build_engine_without_fast_fp16_builds_fp32(install, tmp_path):
     trt = install(FakeTensorRT82())
     trt.Builder.fast_fp16 = False

@@ -145,7 +145,13 @@ def build_engine(onnx_path, fp16=True, workspace_mib=DEFAULT_WORKSPACE_MIB, timi
     if timing_cache_path is not None:
         if timing_cache_supported(config):
             timing_cache = config.create_timing_cache(_read_timing_cache(timing_cache_path, log))
-            config.set_timing_cache(timing_cache, False)  # ignore_mismatch=False: a cache from another GPU is refused
+            # ignore_mismatch=False: a cache written on another GPU or TensorRT version is refused (returns False);
+            # the build then starts from an empty cache and the file is overwritten with this device's timings.
+            if config.set_timing_cache(timing_cache, False) is False:
+                log("timing cache: {} was written on another device or TensorRT version; ignoring it".format(
+                    os.fspath(timing_cache_path)))
+                timing_cache = config.create_timing_cache(b"")
+                config.set_timing_cache(timing_cache, False)
         else:
             log("timing cache: not supported by TensorRT {}; building without".format(version_string(version)))
 
