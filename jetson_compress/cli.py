@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from jetson_compress.version import __version__
 
-COMMAND_MODULES = ["data", "train", "eval", "prune", "export", "lint", "build"]
+COMMAND_MODULES = ["data", "train", "eval", "prune", "export", "lint", "build", "surgery"]
 
 
 class UserError(Exception):
@@ -64,7 +64,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             raise
         if isinstance(exc, known):
-            print(f"error: {exc}", file=sys.stderr)
+            if isinstance(exc, OSError) and exc.filename and exc.strerror:
+                print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            else:
+                print(f"error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError) and exc.filename:
             print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
