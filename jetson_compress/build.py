@@ -101,8 +101,8 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     baseline_ckpt = Path(rec["dir"]) / "baseline.pt"
 
     # 2. prune + compensate + fine-tune ----------------------------------------------------------------------------
-    prune_settings = {k: b[k] for k in ("method", "target_flops", "compensate", "finetune_epochs", "round_to",
-                                        "calibration_images")}
+    prune_settings = {k: b[k] for k in ("method", "target_flops", "compensate", "finetune", "finetune_epochs",
+                                        "finetune_seconds", "round_to", "calibration_images", "layer_share")}
     prune_settings["train"] = cfg["train"]
 
     def prune_stage(work: Path):
@@ -113,40 +113,38 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
         train_set = open_split(cfg, cfg["data"]["train_split"])
         run_prune(model, ckpt, train_set, None, work, method=b["method"], target_reduction=float(b["target_flops"]),
                   round_to=int(b["round_to"]), compensate_flag=bool(b["compensate"]),
-                  finetune_epochs=int(b["finetune_epochs"]), train_cfg=cfg["train"], eval_cfg=cfg["eval"],
-                  resolved_config=cfg, calibration_images=int(b["calibration_images"]), log=log)
+                  finetune=str(b["finetune"]), finetune_epochs=int(b["finetune_epochs"]),
+                  finetune_seconds=float(b["finetune_seconds"]) if b["finetune_seconds"] else None,
+                  train_cfg=cfg["train"], eval_cfg=cfg["eval"], resolved_config=cfg,
+                  calibration_images=int(b["calibration_images"]), log=log,
+                  layer_options={"layer_share": float(b["layer_share"])} if b["method"].startswith("layer") else None)
         shutil.rmtree(work / "finetune", ignore_errors=True)
     rec = runner.run("prune", {"baseline": baseline_ckpt}, prune_settings, prune_stage)
     pruned_ckpt, plan_path = Path(rec["dir"]) / "pruned.pt", Path(rec["dir"]) / "plan.json"
 
-    # 3. dense ONNX exports: the baseline, and the fine-tuned pruned weights put back into the dense graph ---------
+    # 3. baseline ONNX (conv-BN folded by the fusion pass, static shape, opset asserted, parity with torch) --------
     def export_stage(work: Path):
         from compress.checkpoint import load_model
+        from compress.fusion import fuse_model
         from export.onnx_export import export_onnx
 
         base, meta = load_model(baseline_ckpt)
-        info = export_onnx(base, work / "baseline.onnx", base.config.input_size, opset=int(b["opset"]),
+        info = export_onnx(fuse_model(base), work / "baseline.onnx", base.config.input_size, opset=int(b["opset"]),
                            classes=meta["classes"], mean=meta["mean"], std=meta["std"])
-        pruned, pmeta = load_model(pruned_ckpt)
-        dense = _densify(pruned, pmeta["prune_plan"])
-        info_d = export_onnx(dense, work / "pruned_dense.onnx", base.config.input_size, opset=int(b["opset"]),
-                             classes=meta["classes"], mean=meta["mean"], std=meta["std"])
-        return {"parity": {"baseline": info["parity"], "pruned_dense": info_d["parity"]}}
-    rec = runner.run("export", {"baseline": baseline_ckpt, "pruned": pruned_ckpt}, {"opset": b["opset"]},
-                     export_stage)
+        return {"parity": {"baseline": info["parity"]}}
+    rec = runner.run("export", {"baseline": baseline_ckpt}, {"opset": b["opset"]}, export_stage)
     export_dir = Path(rec["dir"])
 
-    # 4. channel surgery on the dense ONNX with the plan, verified against the physically pruned torch model ------
+    # 4. pruned: fuse -> dense ONNX -> channel surgery with the plan -> verify against the pruned torch model ------
     def surgery_stage(work: Path):
-        from export.surgery import surgery_with_plan, verify_against_torch
+        from export.slim import slim_onnx_from_checkpoint
 
-        report = surgery_with_plan(export_dir / "pruned_dense.onnx", plan_path, work / "pruned.onnx")
-        check = verify_against_torch(work / "pruned.onnx", pruned_ckpt, atol=1e-4)
-        (work / "surgery_report.json").write_text(json.dumps({"surgery": report, "verify": check}, indent=2,
-                                                             default=float))
-        return {"verify": check}
-    rec = runner.run("surgery", {"dense": export_dir / "pruned_dense.onnx", "plan": plan_path,
-                                 "pruned": pruned_ckpt}, {}, surgery_stage)
+        result = slim_onnx_from_checkpoint(pruned_ckpt, work / "pruned.onnx", work / "dense", opset=int(b["opset"]),
+                                           log=log)
+        shutil.rmtree(work / "dense")
+        (work / "surgery_report.json").write_text(json.dumps(result, indent=2, default=float))
+        return {"verify": result["verify"]}
+    rec = runner.run("surgery", {"plan": plan_path, "pruned": pruned_ckpt}, {"opset": b["opset"]}, surgery_stage)
     slim_onnx = Path(rec["dir"]) / "pruned.onnx"
     results["surgery"] = rec.get("verify")
 
@@ -206,35 +204,3 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     report = write_report(run_dir, bundle_dir, bench, accuracy, plan_path, runner.records, cfg)
     return report
 
-
-def _densify(pruned, plan):
-    """The pruned weights scattered back into a dense model (removed channels zero), for plan-driven surgery."""
-    import torch
-
-    from compress.detector import Detector
-
-    dense = Detector(pruned.config).eval()
-    dstate = dense.state_dict()
-    modules = dict(dense.named_modules())
-    pstate = pruned.state_dict()
-    new = {}
-    for key, dval in dstate.items():
-        layer, _, field = key.rpartition(".")
-        spec = plan["layers"].get(layer)
-        pval = pstate[key]
-        if spec is None or pval.shape == dval.shape:
-            new[key] = pval.clone()
-            continue
-        out = torch.zeros_like(dval) if field != "running_var" else torch.ones_like(dval)
-        idx_out = spec["keep_out"] if spec["keep_out"] is not None else list(range(spec["out"]))
-        if dval.dim() >= 2 and spec["kind"] in ("conv", "linear"):
-            idx_in = spec["keep_in"] if spec["keep_in"] is not None else list(range(spec["in"]))
-            out[np.ix_(idx_out, idx_in)] = pval
-        elif dval.dim() >= 1 and pval.dim() >= 1 and len(idx_out) == pval.shape[0]:
-            out[idx_out] = pval
-        else:
-            out = pval.clone()
-        new[key] = out
-    del modules
-    dense.load_state_dict(new)
-    return dense

@@ -191,7 +191,7 @@ def pruned_detector(tmp_path_factory):
     from compress.prune_pipeline import plan_pruning, prune_detector
     from compress.pruning import save_plan
     from export.onnx_export import export_onnx
-    from jetson_compress.build import _densify
+    from export.slim import densify as _densify
 
     out = tmp_path_factory.mktemp("surgery_detector")
     model = _random_detector()
