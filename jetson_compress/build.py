@@ -69,7 +69,11 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
 
     b = cfg["build"]
     runner = StageRunner(run_dir, log=log, force=force)
-    runner.plan(STAGES)
+    # Rough stage durations on 2 CPU cores at 320x320 (an earlier run's records replace them): for the ETA.
+    epochs = int(b["finetune_epochs"]) if not b.get("finetune_seconds") else 0
+    runner.plan(STAGES, {"baseline": 3600.0 if train_baseline else 1.0, "prune": 40.0 + 75.0 * epochs +
+                         float(b.get("finetune_seconds") or 0.0), "export": 10.0, "surgery": 15.0, "bundle": 10.0,
+                         "benchmark": 0.12 * int(b["benchmark_runs"]) + 20.0, "accuracy": 60.0, "report": 5.0})
     results: Dict[str, Any] = {}
 
     # 1. baseline -----------------------------------------------------------------------------------------------

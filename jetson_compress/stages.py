@@ -45,15 +45,40 @@ class StageRunner:
         self.records: Dict[str, Dict[str, Any]] = {}
         self.t0 = time.perf_counter()
         self._planned: List[str] = []
+        self._estimates: Dict[str, float] = {}
 
-    def plan(self, names: List[str]) -> None:
+    def plan(self, names: List[str], estimates: Optional[Mapping[str, float]] = None) -> None:
+        """The stages to come, in order, and a rough duration of each (seconds) for the ETA."""
         self._planned = list(names)
+        self._estimates = dict(estimates or {})
+
+    def _eta(self, name: str) -> Optional[float]:
+        """Seconds left: the estimates of this stage and the ones after it, less what this stage has run.
+
+        A previous run's record of a stage (its ``stage.json``) is a better estimate than the default."""
+        if name not in self._planned or not self._estimates:
+            return None
+        left = 0.0
+        for stage in self._planned[self._planned.index(name):]:
+            if stage in self.records:
+                continue
+            rec_path = self.run_dir / stage / RECORD
+            guess = self._estimates.get(stage, 0.0)
+            try:
+                guess = float(json.loads(rec_path.read_text()).get("seconds", guess))
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass
+            left += guess
+        return left
 
     def _progress(self, name: str) -> str:
         if name in self._planned:
             i = self._planned.index(name) + 1
             elapsed = time.perf_counter() - self.t0
-            return f"[{i}/{len(self._planned)}] {name} (elapsed {elapsed:.0f} s)"
+            eta = self._eta(name)
+            tail = f", ETA {eta / 60:.0f} min" if eta is not None and eta >= 60 else \
+                (f", ETA {eta:.0f} s" if eta is not None else "")
+            return f"[{i}/{len(self._planned)}] {name} (elapsed {elapsed:.0f} s{tail})"
         return name
 
     def up_to_date(self, name: str, inputs: Mapping[str, Path], settings: Mapping[str, Any]) -> Optional[Dict]:

@@ -60,3 +60,18 @@ def test_missing_input_named(tmp_path):
     runner = StageRunner(tmp_path / "run", log=lambda s: None)
     with pytest.raises(StageError, match="input ckpt"):
         runner.run("s", {"ckpt": tmp_path / "nope.pt"}, {}, lambda w: None)
+
+
+def test_progress_shows_the_eta_of_the_stages_left(tmp_path):
+    lines = []
+    runner = StageRunner(tmp_path / "run", log=lines.append)
+    runner.plan(["a", "b", "c"], {"a": 100.0, "b": 20.0, "c": 5.0})
+    runner.run("a", {}, {}, lambda work: None)
+    assert lines[0].startswith("[1/3] a (elapsed 0 s, ETA 2 min)")  # 125 s left before a starts
+    runner.run("b", {}, {}, lambda work: None)
+    assert "[2/3] b (elapsed" in lines[2] and lines[2].endswith("ETA 25 s) ...")
+    # A second run's ETA uses the first run's recorded durations (here ~0 s), not the defaults.
+    again = StageRunner(tmp_path / "run", log=lines.append, force=True)
+    again.plan(["a", "b", "c"], {"a": 100.0, "b": 20.0, "c": 5.0})
+    again.run("a", {}, {}, lambda work: None)
+    assert lines[-2].endswith("ETA 5 s) ...")  # a and b took ~0 s last time; c has no record yet
