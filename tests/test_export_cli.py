@@ -46,10 +46,11 @@ def test_export_opset_11(checkpoints, tmp_path):
     assert rb.load_bundle(tmp_path / "b", check_onnx=True)["variants"]["baseline"]["opset"] == 11
 
 
-def test_plan_needs_pruning_stage(checkpoints, tmp_path, capsys):
+def test_missing_plan_is_named(checkpoints, tmp_path, capsys):
     base, _ = checkpoints
-    assert main(["export", "--checkpoint", str(base), "--plan", "plan.json", "--bundle", str(tmp_path / "b")]) == 2
-    assert "needs the pruning stage" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(base), "--plan", str(tmp_path / "plan.json"),
+                 "--bundle", str(tmp_path / "b")]) == 2
+    assert "plan.json" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 
