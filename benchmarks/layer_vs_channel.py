@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -37,9 +35,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from compress.checkpoint import atomic_write_bytes, default_checkpoint, load_model  # noqa: E402
+from benchmarks.common import environment, load_baseline, time_variants  # noqa: E402
+from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.fusion import fuse_model  # noqa: E402
 from compress.inference import evaluate_model, summary_ap  # noqa: E402
@@ -47,9 +45,7 @@ from compress.layer_pruning import count_layers  # noqa: E402
 from compress.prune_pipeline import (alignment_accuracy, calibration_batch, layer_prune_detector,  # noqa: E402
                                      plan_pruning, prune_detector)
 from compress.retrain import METHODS as RETRAIN_METHODS, finetune  # noqa: E402
-from compress.voc import VOCDataset, resolve_data_root  # noqa: E402
-from jetson_compress.config import load_config  # noqa: E402
-from prune_compare import environment, ort_latency  # noqa: E402
+from compress.voc import VOCDataset  # noqa: E402
 
 VARIANTS = ("richness", "layer", "layer+richness")
 
@@ -102,12 +98,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    cfg = load_config()
-    ckpt_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    baseline, ckpt = load_model(ckpt_path)
+    cfg, ckpt_path, baseline, ckpt, root = load_baseline(args.checkpoint, args.data, args.threads)
     size = baseline.config.input_size
-    root = resolve_data_root(args.data)
     classes = ckpt["classes"]
     train_set = VOCDataset(root, cfg["data"]["train_split"], classes)
     test_set = subset(VOCDataset(root, cfg["data"]["test_split"], classes), args.eval_images)
@@ -133,18 +125,10 @@ def main(argv=None) -> int:
         rows.append(row)
         models[variant] = pruned
         log(json.dumps(row, default=float))
-    with tempfile.TemporaryDirectory() as tmp:
-        from export.onnx_export import export_onnx
+    from export.onnx_export import export_onnx
 
-        paths = {}
-        for name, m in models.items():
-            paths[name] = os.path.join(tmp, name.replace("+", "_") + ".onnx")
-            export_onnx(fuse_model(m), paths[name], size, opset=13, classes=classes)
-        lat = ort_latency(paths, size, args.warmup, args.latency_rounds, args.threads)
-    base_ms = lat["baseline"]["median_ms"]
-    for r in rows:
-        r["ort_cpu"] = lat[r["variant"]]
-        r["speedup"] = base_ms / lat[r["variant"]]["median_ms"]
+    time_variants(models, lambda m, path: export_onnx(fuse_model(m), path, size, opset=13, classes=classes), rows,
+                  size, args.warmup, args.latency_rounds, args.threads)
 
     # -- part B: retraining methods at equal wall clock ----------------------------------------------------------
     start_model = models[args.retrain_variant]

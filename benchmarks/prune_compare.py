@@ -16,27 +16,23 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compress.checkpoint import atomic_write_bytes, default_checkpoint, load_model  # noqa: E402
+from benchmarks.common import environment, load_baseline, time_variants  # noqa: E402
+from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.inference import evaluate_model, summary_ap  # noqa: E402
 from compress.prune_pipeline import calibration_batch, plan_pruning, prune_detector  # noqa: E402
 from compress.train import train  # noqa: E402
-from compress.voc import VOCDataset, resolve_data_root  # noqa: E402
-from jetson_compress.config import load_config  # noqa: E402
+from compress.voc import VOCDataset  # noqa: E402
 
 METHODS = ["richness", "richness+comp", "l1", "bn", "torch-pruning"]
 
@@ -67,49 +63,11 @@ def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8)
     return best
 
 
-def ort_latency(onnx_paths: Dict[str, str], size: int, warmup: int, rounds: int, threads: int) -> Dict[str, Dict]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for k, p in onnx_paths.items()}
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(None, {"images": x})
-    times: Dict[str, List[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):  # interleaved, so drift in machine load hits every variant alike
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {"images": x})
-            times[k].append((time.perf_counter() - t) * 1e3)
-    out = {}
-    for k, v in times.items():
-        a = np.asarray(v)
-        out[k] = {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()),
-                  "std_ms": float(a.std()), "runs": len(a)}
-    return out
-
-
 def export(model, path: str, size: int) -> None:
     m = copy.deepcopy(model).eval()
     m.export_mode = True
     torch.onnx.export(m, torch.zeros(1, 3, size, size), path, opset_version=13, dynamo=False,
                       input_names=["images"], output_names=["boxes", "scores"])
-
-
-def environment(threads: int) -> Dict[str, Any]:
-    import onnxruntime as ort
-
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "threads": threads, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def main(argv=None) -> int:
@@ -125,12 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    cfg = load_config()
-    ckpt_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    baseline, ckpt = load_model(ckpt_path)
+    cfg, ckpt_path, baseline, ckpt, root = load_baseline(args.checkpoint, args.data, args.threads)
     size = baseline.config.input_size
-    root = resolve_data_root(args.data)
     train_set = VOCDataset(root, "trainval", ckpt["classes"])
     test_set = VOCDataset(root, "test", ckpt["classes"])
     calib = calibration_batch(train_set, size, 64)
@@ -178,16 +132,9 @@ def main(argv=None) -> int:
             models[name] = pruned
             print(json.dumps(rows[-1], default=float), flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for k, m in models.items():
-            paths[k] = os.path.join(tmp, k.replace("@", "_").replace("+", "_") + ".onnx")
-            export(m, paths[k], size)
-        lat = ort_latency(paths, size, args.warmup, args.latency_rounds, args.threads)
-    base_ms = lat["baseline"]["median_ms"]
+    time_variants(models, lambda m, path: export(m, path, size), rows, size, args.warmup, args.latency_rounds,
+                  args.threads)
     for r in rows:
-        r["ort_cpu"] = lat[r["variant"]]
-        r["speedup"] = base_ms / lat[r["variant"]]["median_ms"]
         r["flop_ratio"] = base_cost.flops / r["flops"]
         r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),

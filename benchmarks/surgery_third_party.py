@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ import onnx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import he_randomise as randomise  # noqa: E402
 from export.surgery import prune_onnx, surgery  # noqa: E402
 from export.verify import masked_model, random_inputs  # noqa: E402
 
@@ -166,18 +166,6 @@ def _torch_models(tmp: Path) -> List[Tuple[str, Path]]:
             o4 = self.n3(torch.cat([self.d1(o3), t4], 1))
             o5 = self.n4(torch.cat([self.d2(o4), p5], 1))
             return tuple(h(o) for h, o in zip(self.heads, (o3, o4, o5)))
-
-    def randomise(model: nn.Module) -> nn.Module:
-        gen = torch.Generator().manual_seed(1)
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data = torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / m.weight[0].numel())
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
-                m.bias.data = torch.randn(m.num_features, generator=gen) * 0.1
-                m.running_mean = torch.randn(m.num_features, generator=gen) * 0.1
-                m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
-        return model.eval()
 
     def export(model: nn.Module, path: Path, size: int, half: bool = False) -> Path:
         x = torch.zeros(1, 3, size, size)

@@ -30,7 +30,7 @@ Host side: imports torch.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -127,18 +127,30 @@ def find_eligible(model: nn.Module, example: torch.Tensor) -> List[str]:
             ok[name] = ok.get(name, True) and good
         return fn
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in candidates]
+    with _hooked_eval(model, [(modules[n], hook(n)) for n in candidates]), torch.no_grad():
+        model(example)
+    return [n for n in candidates if ok.get(n, False)]
+
+
+@contextlib.contextmanager
+def _hooked_eval(model: nn.Module, hooks: Iterable[Tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """While active, ``model`` is in eval mode with the forward ``hooks`` (module, hook) registered; afterwards the
+    hooks are removed and every module's training flag is restored."""
+    handles = [mod.register_forward_hook(fn) for mod, fn in hooks]
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad():
-            model(example)
+        yield
     finally:
         for h in handles:
             h.remove()
         for m, t in flags:
             m.training = t
-    return [n for n in candidates if ok.get(n, False)]
+
+
+def _forward_batches(model: nn.Module, calibration: torch.Tensor, batch: int) -> None:
+    for i in range(0, len(calibration), batch):
+        model(calibration[i:i + batch])
 
 
 def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
@@ -243,17 +255,8 @@ def preserve_function(model: nn.Module, calibration: Optional[torch.Tensor] = No
             sums[name].append(output.detach().double().transpose(0, 1).flatten(1))
         return fn
 
-    handles = [m[0].register_forward_hook(hook(n)) for n, m in resconvs]
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        for i in range(0, len(calibration), batch):
-            model(calibration[i:i + batch])
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in flags:
-            m.training = t
+    with _hooked_eval(model, [(m[0], hook(n)) for n, m in resconvs]):
+        _forward_batches(model, calibration, batch)
     for name, m in resconvs:
         z = torch.cat(sums[name], 1)
         mu, var = z.mean(1), z.var(1, unbiased=False)
@@ -338,17 +341,8 @@ def branch_ratio(model: nn.Module, calibration: torch.Tensor, batch: int = 16) -
             acc[name][1] += float(x.norm())
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        for i in range(0, len(calibration), batch):
-            model(calibration[i:i + batch])
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in flags:
-            m.training = t
+    with _hooked_eval(model, [(m, hook(n)) for n, m in layers.items()]):
+        _forward_batches(model, calibration, batch)
     return {n: a / max(b, 1e-12) for n, (a, b) in acc.items()}
 
 

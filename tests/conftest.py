@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -16,6 +17,15 @@ def _require(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: the tests expect ../shared/data beside the repository")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    from tests.nets import torch_threads  # lazily: the device-side tests must not need torch
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

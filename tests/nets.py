@@ -1,9 +1,30 @@
 """Small generated networks with the structures pruning must handle (residual adds, depthwise convs, concats,
-a detector-like neck, a linear head). Used by the pruning and surgery tests."""
+a detector-like neck, a linear head). Used by the pruning and surgery tests. Also the seeded tiny detectors
+and the one-thread context that many test files share."""
 from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Tuple
 
 import torch
 from torch import nn
+
+from compress.detector import Detector, DetectorConfig
+
+# A narrow detector (same graph structure as the default one) that builds, runs and exports in a fraction of a second.
+TINY_DETECTOR = {"width_mult": 0.35, "neck_channels": 32, "head_channels": 32}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """torch on ``n`` intra-op threads inside the block: the test machine has 2 cores, often shared with a training
+    job, and one thread avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cbr(cin, cout, k=3, s=1, g=1, act=True):
@@ -119,3 +140,21 @@ def randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
             m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
     return model
+
+
+def tiny_config(input_size: int, **overrides: Any) -> DetectorConfig:
+    """``TINY_DETECTOR`` at ``input_size``, with any other DetectorConfig field overridden."""
+    return DetectorConfig(**{**TINY_DETECTOR, "input_size": input_size, **overrides})
+
+
+def seeded_detector(config: DetectorConfig, seed: int = 0) -> Detector:
+    """A freshly initialised Detector in eval mode, its weights drawn after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return Detector(config).eval()
+
+
+def random_detector(config: DetectorConfig, seed: int = 0) -> Tuple[Detector, torch.Generator]:
+    """``seeded_detector`` with ``randomise_bn`` applied (non-trivial outputs); returns the model in eval mode and the
+    generator (seeded with ``seed``) it drew from, for the test's further random draws."""
+    gen = torch.Generator().manual_seed(seed)
+    return randomise_bn(seeded_detector(config, seed), gen).eval(), gen

@@ -34,23 +34,18 @@ import pytest
 import torch
 
 from compress.checkpoint import save_checkpoint
-from compress.detector import Detector, DetectorConfig
+from compress.detector import Detector
 from compress.pruning import PLAN_FORMAT, PlanError, apply_plan_structure, load_plan, save_plan
 from jetson.camera import Camera, SourceOpenError, parse_source
 from jetson_compress.cli import main
 from runtime.bundle import BundleError, load_bundle
+from tests.nets import seeded_detector, tiny_config
 
-TINY = {"width_mult": 0.35, "neck_channels": 32, "head_channels": 32, "input_size": 128}
 IMG_W, IMG_H = 64, 48
 TRAINVAL, TEST = ["000001", "000002"], ["000003", "000004"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- tiny inputs
@@ -81,8 +76,7 @@ def make_tiny_voc(root: Path) -> Path:
 
 
 def tiny_detector(seed: int = 0, **overrides: Any) -> Detector:
-    torch.manual_seed(seed)
-    return Detector(DetectorConfig(**{**TINY, **overrides})).eval()
+    return seeded_detector(tiny_config(128, **overrides), seed)
 
 
 @pytest.fixture(scope="module")
@@ -645,32 +639,11 @@ def _prune_flags(c: Ctx, *flags: str) -> List[str]:
     return ["prune", "--checkpoint", str(c.ckpt), "--data", str(c.voc), "--out", str(out), *flags]
 
 
-def flag_target_flops_above_one(c: Ctx) -> Made:
-    return _prune_flags(c, "--target-flops", "1.5"), "--target-flops 1.5"
-
-
-def flag_target_flops_negative(c: Ctx) -> Made:
-    return _prune_flags(c, "--target-flops", "-0.1"), "--target-flops -0.1"
-
-
-def flag_target_flops_zero(c: Ctx) -> Made:
-    return _prune_flags(c, "--target-flops", "0"), "--target-flops 0"
-
-
-def flag_target_params_one(c: Ctx) -> Made:
-    return _prune_flags(c, "--target-params", "1"), "--target-params 1"
-
-
-def flag_target_flops_nan(c: Ctx) -> Made:
-    return _prune_flags(c, "--target-flops", "nan"), "--target-flops nan"
-
-
-def flag_round_to_zero(c: Ctx) -> Made:
-    return _prune_flags(c, "--round-to", "0"), "--round-to 0"
-
-
-def flag_min_channels_negative(c: Ctx) -> Made:
-    return _prune_flags(c, "--min-channels", "-4"), "--min-channels -4"
+def prune_flag(flag: str, value: str) -> Callable[[Ctx], Made]:
+    """A case maker: ``prune FLAG VALUE``; the culprit is the flag and value as the error quotes them."""
+    def make(c: Ctx) -> Made:
+        return _prune_flags(c, flag, value), f"{flag} {value}"
+    return make
 
 
 def flag_export_variant_malformed(c: Ctx) -> Made:
@@ -686,59 +659,24 @@ def _train_with_config(c: Ctx, *extra: str) -> List[str]:
     return ["train", "--data", str(c.voc), "--out", str(out), "--epochs", "1", "--no-eval", *extra]
 
 
-def _user_yaml(c: Ctx, text: str) -> Path:
-    p = c.tmp / "user.yaml"
-    p.write_text(text)
-    return p
+def config_file(text: str) -> Callable[[Ctx], Made]:
+    """A case maker: ``train --config FILE`` with FILE holding ``text``; the culprit is FILE."""
+    def make(c: Ctx) -> Made:
+        p = c.tmp / "user.yaml"
+        p.write_text(text)
+        return _train_with_config(c, "--config", str(p)), str(p)
+    return make
 
 
-def config_malformed_yaml(c: Ctx) -> Made:
-    p = _user_yaml(c, "train:\n  epochs: [3\n  lr: : 0.1\n")
-    return _train_with_config(c, "--config", str(p)), str(p)
-
-
-def config_unknown_section(c: Ctx) -> Made:
-    p = _user_yaml(c, "trian:\n  epochs: 3\n")
-    return _train_with_config(c, "--config", str(p)), str(p)
-
-
-def config_unknown_key(c: Ctx) -> Made:
-    p = _user_yaml(c, "train:\n  epochz: 3\n")
-    return _train_with_config(c, "--config", str(p)), str(p)
-
-
-def config_wrong_type(c: Ctx) -> Made:
-    p = _user_yaml(c, "train:\n  epochs: ten\n")
-    return _train_with_config(c, "--config", str(p)), str(p)
-
-
-def config_section_not_a_mapping(c: Ctx) -> Made:
-    p = _user_yaml(c, "model: 0.35\n")
-    return _train_with_config(c, "--config", str(p)), str(p)
+def config_set(assignment: str) -> Callable[[Ctx], Made]:
+    """A case maker: ``train --set ASSIGNMENT``; the culprit is the flag as the error quotes it."""
+    def make(c: Ctx) -> Made:
+        return _train_with_config(c, "--set", assignment), f"--set '{assignment}'"
+    return make
 
 
 def config_file_missing(c: Ctx) -> Made:
     return _train_with_config(c, "--config", str(c.tmp / "nope.yaml")), str(c.tmp / "nope.yaml")
-
-
-def config_set_unknown_key(c: Ctx) -> Made:
-    return _train_with_config(c, "--set", "train.epochz=3"), "--set 'train.epochz=3'"
-
-
-def config_set_unknown_section(c: Ctx) -> Made:
-    return _train_with_config(c, "--set", "trian.epochs=3"), "--set 'trian.epochs=3'"
-
-
-def config_set_wrong_type(c: Ctx) -> Made:
-    return _train_with_config(c, "--set", "model.width_mult=wide"), "--set 'model.width_mult=wide'"
-
-
-def config_set_whole_section(c: Ctx) -> Made:
-    return _train_with_config(c, "--set", "train=3"), "--set 'train=3'"
-
-
-def config_set_no_equals(c: Ctx) -> Made:
-    return _train_with_config(c, "--set", "train.epochs"), "--set 'train.epochs'"
 
 
 # --- outputs that cannot be written
@@ -900,28 +838,31 @@ CASES = [
     Case("video-garbage-mp4", video_garbage_mp4, SourceOpenError, "{culprit}: cannot (open|decode)"),
     Case("video-text-renamed-mp4", video_text_renamed_mp4, SourceOpenError, "{culprit}: cannot (open|decode)"),
     # flags
-    Case("target-flops-1.5", flag_target_flops_above_one, 2, "{culprit}: must be a fraction"),
-    Case("target-flops--0.1", flag_target_flops_negative, 2, "{culprit}: must be a fraction"),
-    Case("target-flops-0", flag_target_flops_zero, 2, "{culprit}(.0)?: must be a fraction"),
-    Case("target-params-1", flag_target_params_one, 2, "{culprit}(.0)?: must be a fraction"),
-    Case("target-flops-nan", flag_target_flops_nan, 2, "{culprit}: must be a fraction"),
-    Case("round-to-0", flag_round_to_zero, 2, "{culprit}: must be >= 1"),
-    Case("min-channels-negative", flag_min_channels_negative, 2, "{culprit}: must be >= 1"),
+    Case("target-flops-1.5", prune_flag("--target-flops", "1.5"), 2, "{culprit}: must be a fraction"),
+    Case("target-flops--0.1", prune_flag("--target-flops", "-0.1"), 2, "{culprit}: must be a fraction"),
+    Case("target-flops-0", prune_flag("--target-flops", "0"), 2, "{culprit}(.0)?: must be a fraction"),
+    Case("target-params-1", prune_flag("--target-params", "1"), 2, "{culprit}(.0)?: must be a fraction"),
+    Case("target-flops-nan", prune_flag("--target-flops", "nan"), 2, "{culprit}: must be a fraction"),
+    Case("round-to-0", prune_flag("--round-to", "0"), 2, "{culprit}: must be >= 1"),
+    Case("min-channels-negative", prune_flag("--min-channels", "-4"), 2, "{culprit}: must be >= 1"),
     Case("export-variant-malformed", flag_export_variant_malformed, 2, "{culprit} 'pruned': expected NAME=CHECKPOINT"),
     # configuration
-    Case("config-malformed-yaml", config_malformed_yaml, 2, "{culprit}: not valid YAML"),
-    Case("config-unknown-section", config_unknown_section, 2, "{culprit}: unknown section.*'trian'"),
-    Case("config-unknown-key", config_unknown_key, 2, r"{culprit}: unknown key\(s\) train\.epochz"),
-    Case("config-wrong-type", config_wrong_type, 2, "{culprit}: train.epochs must be an integer, got 'ten'"),
-    Case("config-section-not-a-mapping", config_section_not_a_mapping, 2, "{culprit}: model must be a mapping"),
+    Case("config-malformed-yaml", config_file("train:\n  epochs: [3\n  lr: : 0.1\n"), 2, "{culprit}: not valid YAML"),
+    Case("config-unknown-section", config_file("trian:\n  epochs: 3\n"), 2, "{culprit}: unknown section.*'trian'"),
+    Case("config-unknown-key", config_file("train:\n  epochz: 3\n"), 2, r"{culprit}: unknown key\(s\) train\.epochz"),
+    Case("config-wrong-type", config_file("train:\n  epochs: ten\n"), 2,
+         "{culprit}: train.epochs must be an integer, got 'ten'"),
+    Case("config-section-not-a-mapping", config_file("model: 0.35\n"), 2, "{culprit}: model must be a mapping"),
     Case("config-file-missing", config_file_missing, 2, "{culprit}: configuration file not found"),
-    Case("set-unknown-key", config_set_unknown_key, 2, "{culprit}: unknown key 'train.epochz'"),
-    Case("set-unknown-section", config_set_unknown_section, 2, "{culprit}: no section 'trian'"),
-    Case("set-wrong-type", config_set_wrong_type, 2, "{culprit}: model.width_mult must be a number, got 'wide'"),
-    Case("set-whole-section", config_set_whole_section, 2, "{culprit}: expected section.key=value"),
-    Case("set-no-equals", config_set_no_equals, 2, "{culprit}: expected section.key=value"),
+    Case("set-unknown-key", config_set("train.epochz=3"), 2, "{culprit}: unknown key 'train.epochz'"),
+    Case("set-unknown-section", config_set("trian.epochs=3"), 2, "{culprit}: no section 'trian'"),
+    Case("set-wrong-type", config_set("model.width_mult=wide"), 2,
+         "{culprit}: model.width_mult must be a number, got 'wide'"),
+    Case("set-whole-section", config_set("train=3"), 2, "{culprit}: expected section.key=value"),
+    Case("set-no-equals", config_set("train.epochs"), 2, "{culprit}: expected section.key=value"),
     # outputs
-    Case("train-out-under-a-file", out_train_under_a_file, 2, "{culprit}/sub: Not a directory"),
+    Case("train-out-under-a-file", out_train_under_a_file, 2,
+         r"{culprit}/sub: output folder is not writable \(Not a directory\)"),
     Case("build-out-under-a-file", out_build_under_a_file, 2, "{culprit}/run: output folder is not writable"),
     Case("eval-json-under-a-file", out_eval_json_under_a_file, 2, "{culprit}: exists and is not a folder"),
     Case("eval-json-permission-denied", out_permission_denied, 2, "{culprit}: Permission denied"),

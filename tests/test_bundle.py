@@ -19,7 +19,8 @@ from compress.flops import count_flops_params
 from export.bundle import RECORD_NAME, BundleWriteError, write_bundle
 from export.lint import ERROR, Finding, LintReport
 from export.onnx_export import run_onnxruntime
-from tests.test_export_helpers import one_thread, randomized_detector  # noqa: F401
+from tests.nets import torch_threads
+from tests.test_export_helpers import randomized_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,18 +33,12 @@ VARIANT_KEYS = {"file", "sha256", "flops", "macs", "params", "opset", "bytes"}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         baseline = randomized_detector(seed=10)
         pruned = randomized_detector(seed=11, width_mult=0.5)  # a smaller model with the same contract
         out = tmp_path_factory.mktemp("bundles") / "bundle"
         manifest = write_bundle(out, {"baseline": (baseline, META), "pruned": (pruned, META)},
                                 nms={"score_threshold": 0.25}, sources={"baseline": "ckpt/a.pt"})
-    finally:
-        torch.set_num_threads(before)
     return out, manifest, {"baseline": baseline, "pruned": pruned}
 
 

@@ -23,13 +23,7 @@ from jetson_compress.version import __version__
 SPLIT_HASHES = {"trainval": "a" * 64, "test": "b" * 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box has 2 cores, often shared with a training run: one intra-op thread avoids oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

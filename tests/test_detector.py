@@ -22,13 +22,7 @@ from tests.conftest import SHARED_DATA
 WEIGHTS = SHARED_DATA / "weights" / IMAGENET_WEIGHTS_FILE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box has 2 cores, often shared with a training run: one intra-op thread avoids oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

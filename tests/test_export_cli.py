@@ -8,7 +8,7 @@ import pytest
 import runtime.bundle as rb
 from compress.checkpoint import save_checkpoint
 from jetson_compress.cli import main
-from tests.test_export_helpers import SMALL, one_thread, randomized_detector  # noqa: F401
+from tests.test_export_helpers import SMALL, randomized_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

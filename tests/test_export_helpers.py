@@ -7,29 +7,18 @@ import functools
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
-import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.detector import Detector, DetectorConfig
+from tests.nets import TINY_DETECTOR, torch_threads
 
 # A narrow detector that exports in a fraction of a second (same graph structure as the default one).
-SMALL = {"width_mult": 0.35, "neck_channels": 32, "head_channels": 32, "input_size": 128}
-
-
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """torch on one thread: the test machine has 2 cores and a training job beside the tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+SMALL = {**TINY_DETECTOR, "input_size": 128}
 
 
 def randomized_detector(seed: int = 0, **config: Any) -> Detector:
@@ -67,14 +56,10 @@ def exported_default() -> Tuple[Path, Dict[str, Any], Detector]:
     """The default-size detector (320, 2100 points) exported once per session: (onnx path, info, model)."""
     from export.onnx_export import export_onnx
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model = randomized_detector(seed=1)
         path = scratch_dir() / "detector.onnx"
         info = export_onnx(model, path, 320)
-    finally:
-        torch.set_num_threads(before)
     return path, info, model
 
 

@@ -14,7 +14,7 @@ from export.onnx_export import (
     SHAPE_OPS, ExportError, export_onnx, fold_constants, onnx_opset, read_metadata, run_onnxruntime,
 )
 from jetson_compress.version import __version__
-from tests.test_export_helpers import SMALL, exported_default, one_thread, randomized_detector  # noqa: F401
+from tests.test_export_helpers import SMALL, exported_default, randomized_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

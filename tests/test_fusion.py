@@ -7,22 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from compress.detector import Detector, DetectorConfig
+from compress.detector import Detector
 from compress.fusion import FusionError, fold_conv_bn, fuse_model, fuse_resconv
 from compress.layer_pruning import (ResConv, ScaledInvertedResidual, convert_to_resconv, find_eligible,
                                     remove_layers, scaled_layers)
 from compress.mobilenetv2 import InvertedResidual
-from tests.nets import randomise_bn
+from tests.nets import random_detector, randomise_bn, tiny_config
 
-SMALL = DetectorConfig(width_mult=0.35, neck_channels=32, head_channels=32, input_size=96)
+SMALL = tiny_config(96)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_scales(model: nn.Module, gen: torch.Generator) -> None:
@@ -90,9 +85,7 @@ def test_scaled_inverted_residual_fuses():
 
 
 def _detector_with_resconvs(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = randomise_bn(Detector(SMALL), gen).eval()
+    model, gen = random_detector(SMALL, seed)
     names = find_eligible(model, torch.zeros(1, 3, 96, 96))
     convert_to_resconv(model, names)
     randomise_bn(model, gen)

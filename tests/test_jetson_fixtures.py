@@ -8,14 +8,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from tests.conftest import SHARED_DATA
+from tests.nets import TINY_DETECTOR, torch_threads
 
 VIDEO = SHARED_DATA / "video" / "eth-sunnyday.mp4"
 VIDEO_FRAMES = 354
 # A narrow detector at 128 x 128 (the same graph as the 320 one) exports in a second and infers in milliseconds.
-SMALL = {"width_mult": 0.35, "neck_channels": 32, "head_channels": 32, "input_size": 128}
+SMALL = {**TINY_DETECTOR, "input_size": 128}
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,16 +26,12 @@ def jetson_bundle() -> Path:
 
     root = Path(tempfile.mkdtemp(prefix="jc-jetson-tests-"))
     atexit.register(shutil.rmtree, root, True)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         base, pruned = root / "base.pt", root / "pruned.pt"
         save_checkpoint(base, randomized_detector(seed=30, **SMALL), ["person"])
         save_checkpoint(pruned, randomized_detector(seed=31, **{**SMALL, "width_mult": 0.25}), ["person"])
         bundle = root / "bundle"
         rc = main(["export", "--checkpoint", str(base), "--variant", f"pruned={pruned}", "--bundle", str(bundle)])
-    finally:
-        torch.set_num_threads(before)
     assert rc == 0, "jetson-compress export failed"
     return bundle
 

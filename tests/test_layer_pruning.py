@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import load_model, save_checkpoint
-from compress.detector import Detector, DetectorConfig
+from compress.detector import Detector
 from compress.flops import count_flops_params
 from compress.fusion import fuse_model
 from compress.layer_pruning import (LayerPruningError, LayerScaleL1, ResConv, ScaledInvertedResidual,
@@ -20,23 +20,16 @@ from compress.layer_pruning import (LayerPruningError, LayerScaleL1, ResConv, Sc
                                     layer_table, preserve_function, remove_layers, scaled_layers, select_layers)
 from compress.prune_pipeline import layer_prune_detector
 from compress.pruning import PlanError, apply_plan_structure, validate_plan
-from tests.nets import randomise_bn
+from tests.nets import random_detector, tiny_config
 
-SMALL = DetectorConfig(width_mult=0.35, neck_channels=32, head_channels=32, input_size=96)
+SMALL = tiny_config(96)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    return randomise_bn(Detector(SMALL), gen).eval(), gen
+    return random_detector(SMALL, seed)
 
 
 def _maxdiff(a, b):
@@ -230,7 +223,7 @@ def _run(argv):
 
 def test_prune_cli_layer_method(tmp_path, voc_sample):
     ckpt = tmp_path / "base.pt"
-    model = Detector(DetectorConfig(width_mult=0.35, neck_channels=32, head_channels=32, input_size=64)).eval()
+    model = Detector(tiny_config(64)).eval()
     save_checkpoint(ckpt, model, ["person"])
     out = tmp_path / "layer"
     rc, stdout, err = _run(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--method", "layer",
@@ -254,10 +247,7 @@ def test_prune_cli_layer_method(tmp_path, voc_sample):
 def test_sparsity_training_of_layer_scales(tmp_path, voc_sample):
     from compress.voc import VOCDataset
 
-    cfg = DetectorConfig(width_mult=0.35, neck_channels=32, head_channels=32, input_size=64)
-    gen = torch.Generator().manual_seed(6)
-    torch.manual_seed(6)
-    model = randomise_bn(Detector(cfg), gen).eval()
+    model, gen = random_detector(tiny_config(64), 6)
     train_set = VOCDataset(voc_sample, "trainval", ["person"])
     calib = torch.randn(4, 3, 64, 64, generator=gen)
     res = layer_prune_detector(model, "layer", 0.15, calib, train_set=train_set, out_dir=tmp_path,

@@ -10,13 +10,7 @@ from compress.detector import Detector, DetectorConfig, grid_points
 from compress.loss import INF, DetectionLoss, assign, box_iou_aligned, scale_ranges
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box has 2 cores, often shared with a training run: one intra-op thread avoids oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _points(input_size: int, strides=(8, 16, 32)):

@@ -18,15 +18,10 @@ from compress.pruning import load_plan, prune_groups
 from compress.sparsity import AdaptiveBNL1, dimension_matched_convs, kernel_sparsify, nonzero_cost
 from compress.criteria import allocate, filter_l1, select_channels
 from jetson_compress.cli import main
-from tests.nets import randomise_bn
+from tests.nets import random_detector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(argv):
@@ -80,9 +75,7 @@ def test_prune_impossible_targets(tmp_path, voc_sample, tiny_checkpoint, argv, n
 
 
 def test_compensation_reduces_reconstruction_error():
-    gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = randomise_bn(Detector(DetectorConfig(width_mult=0.5, input_size=64)), gen).eval()
+    model, gen = random_detector(DetectorConfig(width_mult=0.5, input_size=64), 0)
     dg = build_dependency_graph(model, 64)
     mods = dict(model.named_modules())
     counts, _ = allocate(dg, mods, "uniform", 0.4)

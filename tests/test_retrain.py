@@ -9,29 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from compress.detector import Detector, DetectorConfig
 from compress.flops import count_flops_params
 from compress.layer_pruning import convert_to_resconv, find_eligible
 from compress.retrain import (FeatureAdapters, compose_layer_plans, distill_loss, finetune, forward_with_features,
                               graft, graft_alpha, graft_units, pareto_front, select_candidate, weight_entropy)
 from compress.voc import VOCDataset
-from tests.nets import randomise_bn
+from tests.nets import random_detector, randomise_bn, tiny_config
 
-TINY = DetectorConfig(width_mult=0.35, neck_channels=32, head_channels=32, input_size=64)
+TINY = tiny_config(64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    return randomise_bn(Detector(TINY), gen).eval()
+    return random_detector(TINY, seed)[0]
 
 
 def test_alpha_formula_values():

@@ -22,6 +22,7 @@ from export.onnx_graph import module_path_from_node_name
 from export.surgery import SurgeryError, VerificationError, prune_onnx, surgery, surgery_with_plan, \
     verify_against_torch
 from export.verify import masked_model, verify_slim
+from tests.nets import seeded_detector
 from tests.test_surgery_property import GraphBuilder
 
 
@@ -169,20 +170,10 @@ def test_node_name_to_module_path() -> None:
 # ------------------------------------------------------------------------------- the detector and the prune plan
 
 def _random_detector() -> nn.Module:
-    from compress.detector import Detector, DetectorConfig
+    from benchmarks.common import he_randomise
+    from compress.detector import DetectorConfig
 
-    torch.manual_seed(0)
-    model = Detector(DetectorConfig(width_mult=0.35, input_size=128)).eval()
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():  # He-scaled weights and non-trivial BN: activations that neither vanish nor explode
-        if isinstance(m, nn.Conv2d):
-            m.weight.data = torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / m.weight[0].numel())
-        elif isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=gen) * 0.1
-            m.running_mean = torch.randn(m.num_features, generator=gen) * 0.1
-            m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
-    return model
+    return he_randomise(seeded_detector(DetectorConfig(width_mult=0.35, input_size=128), seed=0), seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ TINY = ["--epochs", "1", "--batch-size", "2", "--set", "model.width_mult=0.35", 
         "--set", "eval.batch_size=8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box has 2 cores, often shared with a training run: one intra-op thread avoids oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(argv):

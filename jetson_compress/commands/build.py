@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from jetson_compress.commands.common import add_config_args, add_data_args, resolve
+from jetson_compress.commands.common import add_config_args, add_data_args, prepare_output_dir, resolve
 
 
 def register(sub) -> None:
@@ -22,18 +22,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jetson_compress.build import run_build
-    from jetson_compress.cli import UserError
     from jetson_compress.config import save_resolved
 
     cfg = resolve(args)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    out = prepare_output_dir(args.out)
     save_resolved(cfg, out)
     t0 = time.perf_counter()
     report = run_build(cfg, out, checkpoint=Path(args.checkpoint) if args.checkpoint else None,

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Union
 
 from jetson_compress.config import load_config, override
 
@@ -38,3 +39,19 @@ def open_split(cfg: Dict[str, Any], split: str):
     d = cfg["data"]
     return VOCDataset(resolve_data_root(d.get("root")), split, d["classes"], year=d.get("year"),
                       skip_bad=bool(d.get("skip_bad")))
+
+
+def prepare_output_dir(path: Union[str, Path]) -> Path:
+    """Create the output folder ``path`` (and its parents) and check that a file can be written in it; a
+    ``UserError`` naming the folder otherwise (a path below a regular file, no permission, read-only disk)."""
+    from jetson_compress.cli import UserError
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    return out

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from jetson_compress.commands.common import add_config_args, add_data_args, open_split, resolve
+from jetson_compress.commands.common import add_config_args, add_data_args, open_split, prepare_output_dir, resolve
 
 
 def register(sub) -> None:
@@ -81,10 +81,9 @@ def run(args: argparse.Namespace) -> int:
     ckpt["_sha256"] = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
     if not args.classes:
         cfg["data"]["classes"] = list(ckpt["classes"])
-    out = Path(args.out)
     train_set = open_split(cfg, cfg["data"]["train_split"])
     test_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.out)
     save_resolved(cfg, out)  # only once the inputs are known good: a failed run keeps an earlier run's copy
     baseline_ap = None
     stored = (ckpt.get("metrics") or {}).get("ap50_voc07")

@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from jetson_compress.commands.common import add_config_args, add_data_args, open_split, resolve
+from jetson_compress.commands.common import add_config_args, add_data_args, open_split, prepare_output_dir, resolve
 from jetson_compress.config import override, save_resolved
 
 
@@ -33,10 +32,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     override(cfg, "train.epochs", args.epochs)
     override(cfg, "train.batch_size", args.batch_size)
-    out = Path(args.out)
     train_set = open_split(cfg, cfg["data"]["train_split"])
     eval_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.out)
     save_resolved(cfg, out)  # only once the inputs are known good: a failed run keeps an earlier run's copy
     m = cfg["model"]
     model_cfg = DetectorConfig(num_classes=len(train_set.classes), width_mult=float(m["width_mult"]),
