@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -57,12 +57,6 @@ def evaluate_bundle_variant(bundle_dir: Path, variant: str, dataset, score_thres
     return result
 
 
-def _ap_summary(result: Dict[str, Any]) -> Dict[str, float]:
-    from compress.inference import summary_ap
-
-    return summary_ap(result)
-
-
 def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path], train_baseline: bool,
               force: bool = False, log: Callable[[str], None] = print) -> Dict[str, Any]:
     from jetson_compress.commands.common import open_split
@@ -74,7 +68,6 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     runner.plan(STAGES, {"baseline": 3600.0 if train_baseline else 1.0, "prune": 40.0 + 75.0 * epochs +
                          float(b.get("finetune_seconds") or 0.0), "export": 10.0, "surgery": 15.0, "bundle": 10.0,
                          "benchmark": 0.12 * int(b["benchmark_runs"]) + 20.0, "accuracy": 60.0, "report": 5.0})
-    results: Dict[str, Any] = {}
 
     # 1. baseline -----------------------------------------------------------------------------------------------
     if train_baseline:
@@ -150,7 +143,6 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
         return {"verify": result["verify"]}
     rec = runner.run("surgery", {"plan": plan_path, "pruned": pruned_ckpt}, {"opset": b["opset"]}, surgery_stage)
     slim_onnx = Path(rec["dir"]) / "pruned.onnx"
-    results["surgery"] = rec.get("verify")
 
     # 5. bundle (lint inside) --------------------------------------------------------------------------------------
     def bundle_stage(work: Path):
@@ -177,7 +169,6 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     except ImportError:
         log("TensorRT is not importable on this machine: no engines built; measuring with ONNX Runtime instead "
             "(build them on the Jetson with `python3 -m jetson.benchmark BUNDLE --backend trt`)")
-    results["backend"] = backend
 
     # 7. benchmark: every variant side by side in one run, through the device runtime ---------------------------
     def bench_stage(work: Path):
