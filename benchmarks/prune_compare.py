@@ -8,7 +8,7 @@ interleaved round by round, median of the repeats after warm-up.
 
 Methods: ours (``richness``, ``richness+comp`` with least-squares compensation), ``l1`` (uniform L1),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
-by bisection to reach the same FLOPs as ours, round_to=8). Results: JSON, Markdown table and a plot of AP50
+by bisection to reach the same FLOPs as ours, the same ``--round-to``). Results: JSON, Markdown table and a plot of AP50
 against latency in ``benchmarks/results/``.
 """
 from __future__ import annotations
@@ -77,9 +77,14 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--finetune-epochs", type=int, default=5)
+    ap.add_argument("--finetune-lr", type=float,
+                    help="peak learning rate of the fine-tune (default: the configuration's train.lr)")
     ap.add_argument("--latency-rounds", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round-to", type=int, default=8,
+                    help="kept channels rounded to this multiple, for every method including Torch-Pruning "
+                         "(8: the project default, TensorRT FP16; 16: ONNX Runtime's NCHWc block on AVX-512 CPUs)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
     args = ap.parse_args(argv)
 
@@ -106,13 +111,15 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             if method == "torch-pruning":
                 if ours_macs is None:
-                    dec = plan_pruning(baseline, "l1", target, calib)
+                    dec = plan_pruning(baseline, "l1", target, calib, round_to=args.round_to,
+                                       min_channels=args.round_to)
                     ours_macs = dec["allocation"]["macs"]
-                pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size)
+                pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size, round_to=args.round_to)
             else:
                 base_method = method.split("+")[0]
-                dec = plan_pruning(baseline, base_method, target, calib)
-                res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target}, 8,
+                dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
+                                   min_channels=args.round_to)
+                res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target}, args.round_to,
                                      compensate_with=calib[:32] if method.endswith("+comp") else None)
                 pruned = res["model"]
                 ours_macs = ours_macs or res["plan"]["achieved"]["macs"]
@@ -123,6 +130,8 @@ def main(argv=None) -> int:
             ap_after = ap_before
             if args.finetune_epochs > 0:
                 tcfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0)
+                if args.finetune_lr is not None:
+                    tcfg["lr"] = args.finetune_lr
                 summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), tcfg, eval_set=test_set,
                              eval_cfg=cfg["eval"], resume=False, progress=False)
                 ap_after = summ["ap50"]["overall"]
@@ -138,7 +147,8 @@ def main(argv=None) -> int:
         r["flop_ratio"] = base_cost.flops / r["flops"]
         r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
-              "finetune_epochs": args.finetune_epochs, "rows": rows}
+              "finetune_epochs": args.finetune_epochs,
+              "finetune_lr": args.finetune_lr or cfg["train"]["lr"], "round_to": args.round_to, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
              "speed-up / FLOP ratio | prune s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -148,7 +158,7 @@ def main(argv=None) -> int:
                      f"{r['speedup_over_flop_ratio']:.2f} | {r['seconds_prune']:.1f} | {r['seconds_finetune']:.0f} |")
     env = result["environment"]
     md = (f"# Channel pruning head-to-head\n\nBaseline `{ckpt_path.name}`, fine-tune {args.finetune_epochs} epochs for "
-          f"every method. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
+          f"every method, kept channels rounded to multiples of {args.round_to}. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
           f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, on {env['cpu']} "
           f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
     atomic_write_bytes(out / "prune_compare.md", md.encode())

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,25 @@ class TrainSet(torch.utils.data.Dataset):
 def collate(batch):
     images = torch.stack([b[0] for b in batch])
     return images, [b[1] for b in batch]
+
+
+def source_balance_weights(ids: Sequence[str], power: float) -> np.ndarray:
+    """Sampling weight of each image: ``n_source ** -power``, normalised to sum 1.
+
+    The source of an image is its id prefix (:func:`compress.voc_eval.source_of`, the same key as the per-source
+    evaluation; ids without a prefix form one group). ``power`` 0 samples uniformly over images, 1 gives every
+    source the same share of an epoch, 0.5 is in between (square-root balancing).
+    """
+    from compress.voc_eval import source_of
+
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"train.source_balance must be within [0, 1], got {power}")
+    sources = [source_of(i) or "" for i in ids]
+    counts: Dict[str, int] = {}
+    for src in sources:
+        counts[src] = counts.get(src, 0) + 1
+    w = np.array([counts[src] ** -power for src in sources], dtype=np.float64)
+    return w / w.sum()
 
 
 class ModelEMA:
@@ -171,7 +190,15 @@ def train(
     size = model.config.input_size
     data = TrainSet(train_set, size, cfg, seed)
     gen = torch.Generator().manual_seed(seed)
-    loader_kwargs = dict(batch_size=bs, shuffle=True, collate_fn=collate, drop_last=len(data) > bs, generator=gen)
+    loader_kwargs = dict(batch_size=bs, collate_fn=collate, drop_last=len(data) > bs, generator=gen)
+    balance = float(cfg.get("source_balance", 0.0) or 0.0)
+    if balance > 0:
+        weights = source_balance_weights([a.image_id for a in train_set.annotations], balance)
+        loader_kwargs["sampler"] = torch.utils.data.WeightedRandomSampler(
+            weights.tolist(), num_samples=len(data), replacement=True, generator=gen)
+        del loader_kwargs["generator"]
+    else:
+        loader_kwargs["shuffle"] = True
     workers = int(cfg.get("workers", 0))
     if workers > 0:
         loader_kwargs.update(num_workers=workers, persistent_workers=False)

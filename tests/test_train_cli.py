@@ -150,3 +150,62 @@ def test_train_bad_config_exit_2(tmp_path, voc_sample):
     assert rc == 2 and str(cfg) in stderr
     rc, _, stderr = _run(["train", "--data", str(voc_sample), "--set", "nosuch.key=1", "--out", str(tmp_path / "r")])
     assert rc == 2 and "nosuch" in stderr
+
+
+def _conv_weights(model):
+    return {k: v for k, v in model.state_dict().items() if k.endswith(".weight") and v.dim() == 4}
+
+
+def test_warm_start_loads_the_checkpoint_weights(trained, voc_sample, tmp_path):
+    """--init with lr 0: the convolution weights after one epoch are the checkpoint's (they were loaded, not
+    re-initialised from ImageNet); without --init they are not."""
+    from compress.checkpoint import load_model
+
+    src, _ = trained
+    init, _ = load_model(src / "final.pt")
+    runs = {}
+    for name, extra in (("warm", ["--init", str(src / "final.pt")]), ("cold", [])):
+        out = tmp_path / name
+        rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), "--no-eval", *TINY,
+                                   "--set", "train.lr=0.0", *extra])
+        assert rc == 0, stderr
+        runs[name], _ = load_model(out / "final.pt")
+        assert ("warm start from" in stdout) == (name == "warm")
+    ref = _conv_weights(init)
+    warm, cold = _conv_weights(runs["warm"]), _conv_weights(runs["cold"])
+    assert set(warm) == set(ref)
+    for k in ref:
+        assert torch.allclose(warm[k], ref[k], atol=1e-6), k
+    assert any(not torch.allclose(cold[k], ref[k], atol=1e-3) for k in ref if k.startswith("heads"))
+    resolved = yaml.safe_load((tmp_path / "warm" / "config.resolved.yaml").read_text())
+    assert resolved["train"]["init"] == str(src / "final.pt")
+
+
+def test_warm_start_refuses_a_different_model(trained, voc_sample, tmp_path):
+    src, _ = trained
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), *TINY,
+                          "--set", "model.width_mult=0.5", "--init", str(src / "final.pt")])
+    assert rc == 2
+    assert str(src / "final.pt") in stderr and "width_mult 0.35 vs 0.5" in stderr
+
+
+def test_source_balance_weights_hand_computed():
+    from compress.train import source_balance_weights
+
+    ids = ["mot_1", "mot_2", "mot_3", "mot_4", "coco_1", "plain"]  # sources: mot x4, coco x1, no prefix x1
+    w = source_balance_weights(ids, 0.0)
+    assert w == pytest.approx([1 / 6] * 6)
+    w = source_balance_weights(ids, 1.0)  # every source an equal third of the epoch
+    assert w == pytest.approx([1 / 12] * 4 + [1 / 3, 1 / 3])
+    w = source_balance_weights(ids, 0.5)  # n^-0.5: mot 0.5 each (2 in all), coco 1, plain 1 -> total 4
+    assert w == pytest.approx([0.125] * 4 + [0.25, 0.25])
+    with pytest.raises(ValueError, match="source_balance"):
+        source_balance_weights(ids, 1.5)
+
+
+def test_source_balanced_training_runs(voc_sample, tmp_path):
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+                          "--set", "train.source_balance=1.0"])
+    assert rc == 0, stderr
+    summary = json.loads((tmp_path / "r" / "train_summary.json").read_text())
+    assert summary["history"][0]["loss"] > 0

@@ -19,7 +19,28 @@ def register(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the test split")
     p.add_argument("--half", action="store_true", help="also write final_fp16.pt (fp16 storage, for shipping)")
+    p.add_argument("--init", metavar="CKPT",
+                   help="warm start: begin from this checkpoint's weights (an unpruned detector of the same "
+                        "configuration) instead of the ImageNet backbone; sets train.init")
     p.set_defaults(func=run)
+
+
+def warm_start(path, model_cfg, classes):
+    """The detector of ``path`` for further training; refuses a pruned one or one that differs from the config."""
+    from compress.checkpoint import CheckpointError, load_model
+
+    model, ckpt = load_model(path, for_training=True)
+    if ckpt.get("prune_plan") is not None:
+        raise CheckpointError(path, "is a pruned checkpoint: warm starts take an unpruned detector "
+                                    "(fine-tune pruned models with `jetson-compress prune --finetune-epochs`)")
+    if list(ckpt["classes"]) != list(classes):
+        raise CheckpointError(path, f"detects {list(ckpt['classes'])}, the training split asks for {list(classes)}")
+    mine, theirs = model_cfg.to_dict(), model.config.to_dict()
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        raise CheckpointError(path, "model configuration differs from the run's (checkpoint, config): "
+                                    + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items())))
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     override(cfg, "train.epochs", args.epochs)
     override(cfg, "train.batch_size", args.batch_size)
+    override(cfg, "train.init", args.init)
     train_set = open_split(cfg, cfg["data"]["train_split"])
     eval_set = None if args.no_eval else open_split(cfg, cfg["data"]["test_split"])
     out = prepare_output_dir(args.out)
@@ -40,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = DetectorConfig(num_classes=len(train_set.classes), width_mult=float(m["width_mult"]),
                                neck_channels=int(m["neck_channels"]), head_channels=int(m["head_channels"]),
                                input_size=int(m["input_size"]))
-    model = Detector(model_cfg, pretrained_backbone=True, weights_path=m.get("imagenet_weights"))
+    init = cfg["train"].get("init")
+    if init:
+        model = warm_start(init, model_cfg, train_set.classes)
+        print(f"warm start from {init}")
+    else:
+        model = Detector(model_cfg, pretrained_backbone=True, weights_path=m.get("imagenet_weights"))
     print(f"training on {len(train_set)} images ({train_set.num_boxes()} boxes) of {train_set.year_dir}, "
           f"{torch.get_num_threads()} threads")
     t0 = time.time()
