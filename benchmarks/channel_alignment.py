@@ -24,7 +24,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import environment, load_baseline, time_variants  # noqa: E402
+from benchmarks.common import environment, load_baseline, save_plot, time_variants  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.fusion import fuse_model  # noqa: E402
@@ -143,15 +143,10 @@ def main(argv=None) -> int:
           f"{env['cpu']} ({env['platform']}, {env['cpus']} CPUs).\n\n" + "\n".join(lines)
           + "\n\n![speed-up over FLOP ratio](channel_alignment.png)\n")
     atomic_write_bytes(out / "channel_alignment.md", md.encode())
-    try:
-        import matplotlib
+    pruned_rows = [r for r in table if r["round_to"]]
+    width = 0.8 / len(args.threads)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        pruned_rows = [r for r in table if r["round_to"]]
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        width = 0.8 / len(args.threads)
+    def draw(ax):
         for i, t in enumerate(args.threads):
             ax.bar([j + i * width for j in range(len(pruned_rows))],
                    [r[f"threads{t}"]["speedup_over_flop_ratio"] for r in pruned_rows], width, label=f"{t} thread(s)")
@@ -160,10 +155,8 @@ def main(argv=None) -> int:
         ax.set_xticklabels([r["variant"] for r in pruned_rows], rotation=15, fontsize=8)
         ax.set_ylabel("ORT CPU speed-up / FLOP ratio")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "channel_alignment.png", dpi=120)
-    except ImportError:
-        print("matplotlib missing: no plot", file=sys.stderr)
+
+    save_plot(out / "channel_alignment.png", draw, figsize=(8, 4.5))
     print("\n".join(lines))
     return 0
 

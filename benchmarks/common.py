@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +71,25 @@ def time_variants(models: Dict[str, Any], export: Callable[[Any, str], None], ro
     for r in rows:
         r["ort_cpu"] = lat[r["variant"]]
         r["speedup"] = base_ms / lat[r["variant"]]["median_ms"]
+
+
+def save_plot(path: Path, draw: Callable[[Any], None], figsize: Tuple[float, float] = (7, 5)) -> bool:
+    """One figure (Agg backend): ``draw(ax)`` fills it, it is saved to ``path`` at 120 dpi and closed. Without
+    matplotlib it says so on stderr and returns False."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def environment(threads: int) -> Dict[str, Any]:

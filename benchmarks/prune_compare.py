@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import environment, load_baseline, time_variants  # noqa: E402
+from benchmarks.common import environment, load_baseline, save_plot, time_variants  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.inference import evaluate_model, summary_ap  # noqa: E402
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
               "finetune_epochs": args.finetune_epochs,
-              "finetune_lr": args.finetune_lr or cfg["train"]["lr"], "round_to": args.round_to, "rows": rows}
+              "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
              "speed-up / FLOP ratio | prune s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -162,13 +162,7 @@ def main(argv=None) -> int:
           f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, on {env['cpu']} "
           f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
     atomic_write_bytes(out / "prune_compare.md", md.encode())
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 5))
+    def draw(ax):
         for method in ["baseline"] + args.methods:
             pts = [r for r in rows if r["method"] == method]
             ax.plot([r["ort_cpu"]["median_ms"] for r in pts], [r["ap50_after"] for r in pts], "o-", label=method)
@@ -176,10 +170,8 @@ def main(argv=None) -> int:
         ax.set_ylabel("person AP50 (VOC07) after fine-tune")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "prune_compare.png", dpi=120)
-    except ImportError:
-        print("matplotlib missing: no plot", file=sys.stderr)
+
+    save_plot(out / "prune_compare.png", draw)
     print("\n".join(lines))
     return 0
 

@@ -190,15 +190,14 @@ def train(
     size = model.config.input_size
     data = TrainSet(train_set, size, cfg, seed)
     gen = torch.Generator().manual_seed(seed)
-    loader_kwargs = dict(batch_size=bs, collate_fn=collate, drop_last=len(data) > bs, generator=gen)
+    loader_kwargs = dict(batch_size=bs, collate_fn=collate, drop_last=len(data) > bs)
     balance = float(cfg.get("source_balance", 0.0) or 0.0)
     if balance > 0:
         weights = source_balance_weights([a.image_id for a in train_set.annotations], balance)
         loader_kwargs["sampler"] = torch.utils.data.WeightedRandomSampler(
             weights.tolist(), num_samples=len(data), replacement=True, generator=gen)
-        del loader_kwargs["generator"]
     else:
-        loader_kwargs["shuffle"] = True
+        loader_kwargs.update(shuffle=True, generator=gen)
     workers = int(cfg.get("workers", 0))
     if workers > 0:
         loader_kwargs.update(num_workers=workers, persistent_workers=False)
