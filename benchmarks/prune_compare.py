@@ -1,6 +1,7 @@
 """Head-to-head of channel pruning methods on the default baseline, against Torch-Pruning.
 
-For every FLOPs target and method: prune, AP50 before fine-tune, fine-tune (same epochs and schedule for all),
+For every FLOPs target and method: prune, AP50 before fine-tune, fine-tune (same epochs and schedule for all; ``--distill W`` adds
+head-output distillation from the unpruned baseline, for every method alike),
 AP50 after, FLOPs, params, wall time, and ONNX Runtime CPU latency — all variants timed in the same run,
 interleaved round by round, median of the repeats after warm-up.
 
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=5)
     ap.add_argument("--finetune-lr", type=float,
                     help="peak learning rate of the fine-tune (default: the configuration's train.lr)")
+    ap.add_argument("--distill", type=float, default=0.0, metavar="W",
+                    help="fine-tune every method with W x head-output distillation from the unpruned baseline "
+                         "(0, the default: the detection loss alone)")
     ap.add_argument("--latency-rounds", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -130,11 +134,12 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             ap_after = ap_before
             if args.finetune_epochs > 0:
-                tcfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0)
+                tcfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0, distill_weight=args.distill)
                 if args.finetune_lr is not None:
                     tcfg["lr"] = args.finetune_lr
                 summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), tcfg, eval_set=test_set,
-                             eval_cfg=cfg["eval"], resume=False, progress=False)
+                             eval_cfg=cfg["eval"], resume=False, progress=False,
+                             teacher=baseline if args.distill > 0 else None)
                 ap_after = summ["ap50"]["overall"]
             rows.append({"variant": name, "method": method, "target": target, "flops": cost.flops,
                          "params": cost.params, "ap50_before": ap_before, "ap50_after": ap_after,
@@ -148,7 +153,7 @@ def main(argv=None) -> int:
         r["flop_ratio"] = base_cost.flops / r["flops"]
         r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
-              "finetune_epochs": args.finetune_epochs,
+              "finetune_epochs": args.finetune_epochs, "distill_weight": args.distill,
               "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
                      f"{r['speedup_over_flop_ratio']:.2f} | {r['seconds_prune']:.1f} | {r['seconds_finetune']:.0f} |")
     env = result["environment"]
     md = (f"# Channel pruning head-to-head\n\nBaseline `{ckpt_path.name}`, fine-tune {args.finetune_epochs} epochs for "
-          f"every method, kept channels rounded to multiples of {args.round_to}. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
+          f"every method{f' (with {args.distill:g} x distillation from the baseline)' if args.distill else ''}, kept channels rounded to multiples of {args.round_to}. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
           f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, on {env['cpu']} "
           f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
     atomic_write_bytes(out / "prune_compare.md", md.encode())

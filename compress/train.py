@@ -171,10 +171,16 @@ def train(
     resume: bool = True,
     progress: bool = True,
     extra_loss: Optional[Callable[[Detector], torch.Tensor]] = None,
+    teacher: Optional[Detector] = None,
     checkpoint_extra: Optional[Dict[str, Any]] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Any]:
     """Train ``model`` in place; write ``last.pt`` (resumable) each epoch and ``final.pt`` (EMA weights) at the end.
+
+    ``teacher`` (optional, e.g. the unpruned baseline when fine-tuning a pruned model): adds
+    ``cfg["distill_weight"]`` x the head-output distillation loss of :func:`compress.retrain.distill_loss` (Bernoulli
+    KL of the class probabilities, score-weighted MSE of the box regressions; no feature terms, so it applies to any
+    architecture without extra parameters). The teacher runs in eval mode on the same augmented batch.
 
     Returns a summary dict (throughput, losses, evaluation if ``eval_set`` given).
     """
@@ -209,6 +215,12 @@ def train(
     steps_per_epoch = max(len(data) // bs, 1) if len(data) > bs else 1
     total_steps = epochs * steps_per_epoch
     warmup = int(float(cfg.get("warmup_epochs", 1)) * steps_per_epoch)
+    w_kd = float(cfg.get("distill_weight", 1.0)) if teacher is not None else 0.0
+    if teacher is not None:
+        from compress.retrain import distill_loss
+
+        # A private channels_last copy (faster on CPU); the caller's model is left as it was.
+        teacher = copy.deepcopy(teacher).eval().to(memory_format=torch.channels_last)
     ema = ModelEMA(model, float(cfg.get("ema_decay", 0.9995)), float(cfg.get("ema_tau", 300)))
     start_epoch = 0
     history: List[Dict[str, float]] = []
@@ -247,14 +259,23 @@ def train(
             set_train_mode(model, frozen)
             loader = torch.utils.data.DataLoader(data, **loader_kwargs)
             sums = {"loss": 0.0, "cls": 0.0, "box": 0.0}
+            if teacher is not None:
+                sums["kd"] = 0.0
             n_batches = 0
             t_epoch = time.perf_counter()
             for images, targets in loader:
                 lr = lr_at(step, total_steps, warmup, float(cfg.get("lr", 2e-3)), float(cfg.get("min_lr_ratio", 0.05)))
                 for g in opt.param_groups:
                     g["lr"] = lr
-                outs = model.raw_outputs(images.contiguous(memory_format=torch.channels_last))
+                images = images.contiguous(memory_format=torch.channels_last)
+                outs = model.raw_outputs(images)
                 loss, parts = loss_fn(model, outs, targets)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_outs = teacher.raw_outputs(images)
+                    kd, _ = distill_loss(outs, t_outs, model.config.num_classes)
+                    sums["kd"] += float(kd.detach())
+                    loss = loss + w_kd * kd
                 if extra_loss is not None:
                     loss = loss + extra_loss(model)
                 if not torch.isfinite(loss):
