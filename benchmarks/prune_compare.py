@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="fine-tune every method with W x head-output distillation from the unpruned baseline "
                          "(0, the default: the detection loss alone)")
+    ap.add_argument("--seed", type=int, help="seed of the fine-tune (default: the configuration's train.seed)")
     ap.add_argument("--latency-rounds", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
                 tcfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0, distill_weight=args.distill)
                 if args.finetune_lr is not None:
                     tcfg["lr"] = args.finetune_lr
+                if args.seed is not None:
+                    tcfg["seed"] = args.seed
                 summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), tcfg, eval_set=test_set,
                              eval_cfg=cfg["eval"], resume=False, progress=False,
                              teacher=baseline if args.distill > 0 else None)
@@ -154,6 +157,7 @@ def main(argv=None) -> int:
         r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
               "finetune_epochs": args.finetune_epochs, "distill_weight": args.distill,
+              "finetune_seed": cfg["train"]["seed"] if args.seed is None else args.seed,
               "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
