@@ -38,24 +38,26 @@ from compress.voc import VOCDataset  # noqa: E402
 METHODS = ["richness", "richness+comp", "l1", "bn", "torch-pruning"]
 
 
+def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8):
+    """A copy of ``model`` cut by Torch-Pruning at one uniform ``ratio`` (L1 magnitude importance, prediction convs
+    ignored); returns it and its MACs."""
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model).eval()
+    pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, size, size), importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=ratio, ignored_layers=[h.pred for h in m.heads], round_to=round_to)
+    pruner.step()
+    return m, count_flops_params(m, (1, 3, size, size)).macs
+
+
 def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8):
     """Torch-Pruning with L1 magnitude importance; the uniform ratio is bisected to land as close to ``target_macs`` as
     its rounding allows (either side: a uniform ratio moves the FLOPs in steps of up to several points)."""
-    import torch_pruning as tp
-
-    def prune_at(ratio: float):
-        m = copy.deepcopy(model).eval()
-        ignored = [h.pred for h in m.heads]
-        pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, size, size), importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to)
-        pruner.step()
-        return m, count_flops_params(m, (1, 3, size, size)).macs
-
     lo, hi = 0.0, 0.95
     tried = []
     for _ in range(14):
         mid = 0.5 * (lo + hi)
-        m, macs = prune_at(mid)
+        m, macs = torch_pruning_at(model, mid, size, round_to)
         tried.append((abs(macs - target_macs), macs, mid, m))
         if macs <= target_macs:
             hi = mid

@@ -215,10 +215,10 @@ def train(
     steps_per_epoch = max(len(data) // bs, 1) if len(data) > bs else 1
     total_steps = epochs * steps_per_epoch
     warmup = int(float(cfg.get("warmup_epochs", 1)) * steps_per_epoch)
-    w_kd = float(cfg.get("distill_weight", 1.0)) if teacher is not None else 0.0
     if teacher is not None:
         from compress.retrain import distill_loss
 
+        w_kd = float(cfg.get("distill_weight", 1.0))
         # A private channels_last copy (faster on CPU); the caller's model is left as it was.
         teacher = copy.deepcopy(teacher).eval().to(memory_format=torch.channels_last)
     ema = ModelEMA(model, float(cfg.get("ema_decay", 0.9995)), float(cfg.get("ema_tau", 300)))

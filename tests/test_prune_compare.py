@@ -1,23 +1,14 @@
 """The Torch-Pruning arm of benchmarks/prune_compare.py: it must land as close to the FLOPs target as a uniform
 ratio allows, so the head-to-head compares models of (nearly) the same cost."""
-import copy
-
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.prune_compare import torch_pruning_variant
+from benchmarks.prune_compare import torch_pruning_at, torch_pruning_variant
 from compress.flops import count_flops_params
 from tests.nets import random_detector, tiny_config
 
-tp = pytest.importorskip("torch_pruning")
-
-
-def _tp_macs(model, ratio: float, size: int, round_to: int) -> int:
-    m = copy.deepcopy(model).eval()
-    tp.pruner.MetaPruner(m, torch.zeros(1, 3, size, size), importance=tp.importance.MagnitudeImportance(p=1),
-                         pruning_ratio=ratio, ignored_layers=[h.pred for h in m.heads], round_to=round_to).step()
-    return count_flops_params(m, (1, 3, size, size)).macs
+pytest.importorskip("torch_pruning")
 
 
 @pytest.mark.parametrize("reduction", [0.5, 0.7])
@@ -30,7 +21,7 @@ def test_torch_pruning_lands_closest_to_target(reduction: float) -> None:
     assert macs == count_flops_params(pruned, (1, 3, size, size)).macs < base
     assert 0.0 < ratio < 0.95
     # No uniform ratio on a fine grid gets closer to the target than the one chosen.
-    grid = [_tp_macs(model, float(r), size, round_to) for r in np.arange(0.0, 0.95, 0.05)]
+    grid = [torch_pruning_at(model, float(r), size, round_to)[1] for r in np.arange(0.0, 0.95, 0.05)]
     assert abs(macs - target) <= min(abs(g - target) for g in grid)
     # The pruned model is physically smaller and still runs.
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
