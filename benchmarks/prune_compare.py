@@ -7,7 +7,8 @@ interleaved round by round, median of the repeats after warm-up.
 
     python benchmarks/prune_compare.py --data ../shared/data/pedestrians/VOCdevkit --finetune-epochs 5
 
-Methods: ours (``richness``, ``richness+comp`` with least-squares compensation), ``l1`` (uniform L1),
+Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; ``+lat``: the latency-aware
+allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model), ``l1`` (uniform L1),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``). Results: JSON, Markdown table and a plot of AP50
 against latency in ``benchmarks/results/``.
@@ -35,7 +36,7 @@ from compress.prune_pipeline import calibration_batch, plan_pruning, prune_detec
 from compress.train import train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
-METHODS = ["richness", "richness+comp", "l1", "bn", "torch-pruning"]
+METHODS = ["richness", "richness+comp", "richness+lat", "richness+comp+lat", "l1", "bn", "torch-pruning"]
 
 
 def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8):
@@ -93,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--round-to", type=int, default=8,
                     help="kept channels rounded to this multiple, for every method including Torch-Pruning "
                          "(8: the project default, TensorRT FP16; 16: ONNX Runtime's NCHWc block on AVX-512 CPUs)")
+    ap.add_argument("--latency-tilt", type=float, default=1.0, metavar="BETA",
+                    help="latency tilt of the '+lat' methods (keep ratio x (seconds per MAC / median) ** -BETA)")
+    ap.add_argument("--latency-model", default="ort-cpu", help="latency model of the '+lat' methods")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
     args = ap.parse_args(argv)
 
@@ -124,11 +128,12 @@ def main(argv=None) -> int:
                     ours_macs = dec["allocation"]["macs"]
                 pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size, round_to=args.round_to)
             else:
-                base_method = method.split("+")[0]
+                base_method, *options = method.split("+")
+                lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}
                 dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
-                                   min_channels=args.round_to)
-                res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target}, args.round_to,
-                                     compensate_with=calib[:32] if method.endswith("+comp") else None)
+                                   min_channels=args.round_to, **lat)
+                res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target, **lat},
+                                     args.round_to, compensate_with=calib[:32] if "comp" in options else None)
                 pruned = res["model"]
                 ours_macs = ours_macs or res["plan"]["achieved"]["macs"]
             t_prune = time.perf_counter() - t
@@ -160,7 +165,8 @@ def main(argv=None) -> int:
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
               "finetune_epochs": args.finetune_epochs, "distill_weight": args.distill,
               "finetune_seed": cfg["train"]["seed"] if args.seed is None else args.seed,
-              "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to, "rows": rows}
+              "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to,
+              "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
              "speed-up / FLOP ratio | prune s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|---|"]

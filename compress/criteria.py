@@ -16,6 +16,7 @@ Kept counts are rounded to a multiple of ``round_to`` (default 8) and never belo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,33 +33,91 @@ def _count(dg: DependencyGraph, segs, counts: Dict[int, int]) -> int:
     return sum(counts.get(dg.space_group[sid], n) for sid, n in segs) if segs is not None else 0
 
 
-def cost_of(dg: DependencyGraph, counts: Dict[int, int], modules: Dict[str, nn.Module]) -> Tuple[int, int]:
-    """(MACs, params) of the model if each group g kept ``counts[g]`` channels (others unchanged)."""
-    macs = params = 0
+def _layer_terms(dg: DependencyGraph, counts: Dict[int, int], modules: Dict[str, nn.Module]):
+    """Per layer that touches channels: (MACs, params, elements moved) if each group g kept ``counts[g]`` channels.
+    Elements moved = input activation + output activation + weights (what a memory-bound kernel reads and writes);
+    BatchNorm layers are folded into their convolution on every runtime, so they move nothing of their own."""
     for name, info in dg.layers.items():
         mod = modules[name]
         h, w = info.out_hw
         kh, kw = info.kernel
-        if info.kind == "conv":
-            cin = _count(dg, info.in_segments, counts) if info.in_segments is not None else mod.in_channels
-            cout = _count(dg, info.out_segments, counts)
-            macs += h * w * kh * kw * cin * cout
-            params += kh * kw * cin * cout + (cout if mod.bias is not None else 0)
-        elif info.kind == "dwconv":
-            c = _count(dg, info.out_segments, counts)
-            macs += h * w * kh * kw * c
-            params += kh * kw * c + (c if mod.bias is not None else 0)
-        elif info.kind == "gconv":
-            macs += h * w * kh * kw * mod.in_channels * mod.out_channels // mod.groups
-            params += sum(p.numel() for p in mod.parameters())
+        if info.kind in ("conv", "dwconv", "gconv"):
+            sh, sw = mod.stride
+            if info.kind == "conv":
+                cin = _count(dg, info.in_segments, counts) if info.in_segments is not None else mod.in_channels
+                cout = _count(dg, info.out_segments, counts)
+                wts = kh * kw * cin * cout
+            elif info.kind == "dwconv":
+                cin = cout = _count(dg, info.out_segments, counts)
+                wts = kh * kw * cout
+            else:
+                cin, cout = mod.in_channels, mod.out_channels
+                wts = kh * kw * cin * cout // mod.groups
+            bias = cout if mod.bias is not None else 0
+            yield h * w * wts, wts + bias, cin * h * sh * w * sw + cout * h * w + wts
         elif info.kind == "bn":
-            params += 2 * _count(dg, info.out_segments, counts)
+            yield 0, 2 * _count(dg, info.out_segments, counts), 0
         elif info.kind == "linear":
             cin = _count(dg, info.in_segments, counts) if info.in_segments is not None else mod.in_features
             cout = _count(dg, info.out_segments, counts)
-            macs += cin * cout
-            params += cin * cout + (cout if mod.bias is not None else 0)
+            yield cin * cout, cin * cout + (cout if mod.bias is not None else 0), cin + cout + cin * cout
+
+
+def cost_of(dg: DependencyGraph, counts: Dict[int, int], modules: Dict[str, nn.Module]) -> Tuple[int, int]:
+    """(MACs, params) of the model if each group g kept ``counts[g]`` channels (others unchanged)."""
+    macs = params = 0
+    for m, p, _ in _layer_terms(dg, counts, modules):
+        macs += m
+        params += p
     return macs, params
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Roofline-sum latency of a layer: ``MACs / macs_per_s + bytes / bytes_per_s`` (compute time plus memory time).
+
+    MACs alone do not predict latency: a depthwise 3x3 convolution does 9 MACs per element it reads and writes, a
+    1x1 convolution with 576 inputs does 576, and on every device we measured the first is memory-bound. Fitted on
+    ONNX Runtime's per-node profile of the baseline and a pruned detector (``benchmarks/latency_model.py``), the
+    two-term model explains R^2 0.93 of per-layer latency against 0.64 for MACs alone."""
+
+    name: str
+    macs_per_s: float
+    bytes_per_s: float
+    bytes_per_element: int
+    source: str
+
+    def seconds(self, macs: float, elements: float) -> float:
+        return macs / self.macs_per_s + elements * self.bytes_per_element / self.bytes_per_s
+
+
+LATENCY_MODELS = {
+    # Fitted by benchmarks/latency_model.py (results/latency_model.json): ONNX Runtime 1.32 CPU, 1 thread, fp32,
+    # this project's 2-core Xeon (AVX-512).
+    "ort-cpu": LatencyModel("ort-cpu", 47.6e9, 10.45e9, 4, "fitted: benchmarks/results/latency_model.json"),
+    # Jetson Nano datasheet figures, not measured: 472 GFLOPS fp16 peak (236 G MAC/s), 25.6 GB/s LPDDR4 shared
+    # with the CPU; TensorRT FP16 moves 2 bytes per element.
+    "jetson-nano-fp16": LatencyModel("jetson-nano-fp16", 236e9, 25.6e9, 2, "datasheet peaks, not measured"),
+}
+
+
+def latency_of(dg: DependencyGraph, counts: Dict[int, int], modules: Dict[str, nn.Module],
+               model: LatencyModel) -> float:
+    """Modelled latency (seconds, convolutions and linears only) if each group g kept ``counts[g]`` channels."""
+    return sum(model.seconds(m, e) for m, _, e in _layer_terms(dg, counts, modules))
+
+
+def latency_per_mac(dg: DependencyGraph, modules: Dict[str, nn.Module], model: LatencyModel) -> Dict[int, float]:
+    """Per prunable group: modelled seconds saved per MAC saved by removing one of its channels. High for groups
+    whose channels feed memory-bound layers (depthwise convolutions, thin 1x1s at high resolution)."""
+    base_lat = latency_of(dg, {}, modules, model)
+    base_macs = cost_of(dg, {}, modules)[0]
+    out = {}
+    for g in dg.prunable_groups():
+        fewer = {g.gid: g.size - 1}
+        d_macs = base_macs - cost_of(dg, fewer, modules)[0]
+        out[g.gid] = (base_lat - latency_of(dg, fewer, modules, model)) / max(d_macs, 1)
+    return out
 
 
 # --- per-channel scores ----------------------------------------------------------------------------------------
@@ -258,21 +317,37 @@ def allocate(
     richness: Optional[Dict[int, Dict[str, float]]] = None,
     bn_scores: Optional[Dict[int, torch.Tensor]] = None,
     offset: float = 0.5,
+    latency_model: Optional[LatencyModel] = None,
+    latency_tilt: float = 0.0,
 ) -> Tuple[Dict[int, int], Dict[str, float]]:
-    """Kept channel count per prunable group meeting ``cost <= (1 - target_reduction) * baseline``."""
+    """Kept channel count per prunable group meeting ``cost <= (1 - target_reduction) * baseline``; the cost is
+    MACs (``target_kind="flops"``), parameters (``"params"``) or ``latency_model``'s modelled latency (``"latency"``).
+
+    ``latency_tilt`` (beta, richness/entropy only) makes the allocation latency-aware: each group's keep ratio is
+    multiplied by ``(rho_g / median rho) ** -beta``, rho_g being the modelled seconds saved per MAC saved by cutting
+    the group (:func:`latency_per_mac`), so that under the same budget the cuts go where they buy the most time."""
     if not 0.0 < target_reduction < 1.0:
         raise ValueError(f"target reduction must be in (0, 1), got {target_reduction}")
+    if target_kind not in ("flops", "params", "latency"):
+        raise ValueError(f"unknown target kind {target_kind!r} (flops, params or latency)")
+    if (target_kind == "latency" or latency_tilt) and latency_model is None:
+        raise ValueError("a latency target or a latency tilt needs a latency model")
+    if latency_tilt and method not in ("richness", "entropy"):
+        raise ValueError(f"a latency tilt applies to the richness and entropy allocations, not {method!r}")
     groups = dg.prunable_groups()
     base_macs, base_params = cost_of(dg, {}, modules)
-    idx = 0 if target_kind == "flops" else 1
-    if target_kind not in ("flops", "params"):
-        raise ValueError(f"unknown target kind {target_kind!r} (flops or params)")
-    baseline = (base_macs, base_params)[idx]
-    budget = (1.0 - target_reduction) * baseline
 
     def cost(counts: Dict[int, int]) -> float:
-        return cost_of(dg, counts, modules)[idx]
+        if target_kind == "latency":
+            return latency_of(dg, counts, modules, latency_model)
+        return cost_of(dg, counts, modules)[0 if target_kind == "flops" else 1]
 
+    budget = (1.0 - target_reduction) * cost({})
+    tilt = {g.gid: 1.0 for g in groups}
+    if latency_tilt:
+        rho = latency_per_mac(dg, modules, latency_model)
+        ref = float(np.median(list(rho.values())))
+        tilt = {gid: (r / ref) ** -latency_tilt for gid, r in rho.items()}
     sizes = {g.gid: g.size for g in groups}
     if method == "uniform":
         def wanted_for(s: float) -> Dict[int, float]:
@@ -282,8 +357,9 @@ def allocate(
     elif method in ("richness", "entropy"):
         assert richness is not None
         def wanted_for(s: float) -> Dict[int, float]:
-            return {g.gid: min(1.0, max(r_min, s * (offset + richness[g.gid]["richness"]))) * g.size for g in groups}
-        hi = 1.0 / offset
+            return {g.gid: min(1.0, max(r_min, s * (offset + richness[g.gid]["richness"]) * tilt[g.gid])) * g.size
+                    for g in groups}
+        hi = 1.0 / (offset * min(tilt.values()))
     elif method == "bn":
         assert bn_scores is not None
         # Global ranking of all channels by |gamma| (ties broken by position): s keeps the top fraction s.
@@ -307,9 +383,14 @@ def allocate(
     scale, counts = bisect_scale(counts_for, cost, budget, 0.0, hi)
     counts = fill_budget(counts, wanted_for(scale), sizes, round_to, cost, budget)
     macs, params = cost_of(dg, counts, modules)
-    return counts, {"scale": scale, "macs": macs, "params": params, "baseline_macs": base_macs,
-                    "baseline_params": base_params, "flops_reduction": 1 - macs / base_macs,
-                    "params_reduction": 1 - params / base_params}
+    info = {"scale": scale, "macs": macs, "params": params, "baseline_macs": base_macs,
+            "baseline_params": base_params, "flops_reduction": 1 - macs / base_macs,
+            "params_reduction": 1 - params / base_params}
+    if latency_model is not None:
+        base_lat = latency_of(dg, {}, modules, latency_model)
+        info.update(latency_model=latency_model.name, latency_tilt=latency_tilt,
+                    modelled_latency_reduction=1 - latency_of(dg, counts, modules, latency_model) / base_lat)
+    return counts, info
 
 
 def select_channels(scores: Dict[int, torch.Tensor], counts: Dict[int, int]) -> Dict[int, List[int]]:

@@ -22,8 +22,8 @@ import torch
 from compress.augment import letterbox, to_tensor_layout
 from compress.checkpoint import atomic_write_bytes, save_checkpoint
 from compress.compensation import compensate
-from compress.criteria import (activation_entropy, allocate, bn_gamma, channel_activations, filter_l1,
-                               layer_richness, select_channels)
+from compress.criteria import (LATENCY_MODELS, activation_entropy, allocate, bn_gamma, channel_activations,
+                               filter_l1, layer_richness, select_channels)
 from compress.depgraph import build_dependency_graph
 from compress.detector import Detector
 from compress.flops import count_flops_params
@@ -55,8 +55,12 @@ def plan_pruning(
     min_channels: int = 8,
     alpha: float = 0.5,
     channel_criterion: str = "l1",
+    latency_model: Optional[str] = None,
+    latency_tilt: float = 0.0,
 ) -> Dict[str, Any]:
-    """Decide what to keep. Returns dg, keep (group -> indices), allocation info and per-group diagnostics."""
+    """Decide what to keep. Returns dg, keep (group -> indices), allocation info and per-group diagnostics.
+    ``latency_model`` (a key of :data:`compress.criteria.LATENCY_MODELS`) serves a ``"latency"`` target and the
+    latency-aware ``latency_tilt`` of the richness allocation."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS}")
     size = model.config.input_size
@@ -73,8 +77,11 @@ def plan_pruning(
         richness = layer_richness(dg, modules, entropy_scores, alpha=1.0 if method == "entropy" else alpha)
     bn_scores = bn_gamma(dg, modules)
     alloc_method = {"l1": "uniform", "bn": "bn", "richness": "richness", "entropy": "entropy"}[method]
+    if latency_model is not None and latency_model not in LATENCY_MODELS:
+        raise ValueError(f"unknown latency model {latency_model!r}; choose from {sorted(LATENCY_MODELS)}")
     counts, info = allocate(dg, modules, alloc_method, target_reduction, target_kind, round_to, min_channels,
-                            richness=richness, bn_scores=bn_scores)
+                            richness=richness, bn_scores=bn_scores, latency_tilt=latency_tilt,
+                            latency_model=LATENCY_MODELS[latency_model] if latency_model else None)
     if method == "bn":
         scores = bn_scores
     elif channel_criterion == "entropy":
