@@ -57,6 +57,18 @@ def ort_latency(onnx_paths: Dict[str, str], size: int, warmup: int, rounds: int,
     return out
 
 
+def export_detector(model, path: str, size: int) -> None:
+    """Static-shape ONNX (opset 13) of a copy of the detector in export mode (decoded boxes and scores)."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model).eval()
+    m.export_mode = True
+    torch.onnx.export(m, torch.zeros(1, 3, size, size), path, opset_version=13, dynamo=False,
+                      input_names=["images"], output_names=["boxes", "scores"])
+
+
 def time_variants(models: Dict[str, Any], export: Callable[[Any, str], None], rows: List[Dict[str, Any]], size: int,
                   warmup: int, rounds: int, threads: int) -> None:
     """Export every model (``export(model, path)``) to a temporary folder and time them all with ``ort_latency``;

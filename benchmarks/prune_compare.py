@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import environment, load_baseline, save_plot, time_variants  # noqa: E402
+from benchmarks.common import environment, export_detector, load_baseline, save_plot, time_variants  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.inference import evaluate_model, summary_ap  # noqa: E402
@@ -68,13 +68,6 @@ def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8)
     return m, macs, ratio
 
 
-def export(model, path: str, size: int) -> None:
-    m = copy.deepcopy(model).eval()
-    m.export_mode = True
-    torch.onnx.export(m, torch.zeros(1, 3, size, size), path, opset_version=13, dynamo=False,
-                      input_names=["images"], output_names=["boxes", "scores"])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="VOCdevkit root")
@@ -94,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--round-to", type=int, default=8,
                     help="kept channels rounded to this multiple, for every method including Torch-Pruning "
                          "(8: the project default, TensorRT FP16; 16: ONNX Runtime's NCHWc block on AVX-512 CPUs)")
-    ap.add_argument("--latency-tilt", type=float, default=1.0, metavar="BETA",
+    ap.add_argument("--latency-tilt", type=float, default=0.5, metavar="BETA",
                     help="latency tilt of the '+lat' methods (keep ratio x (seconds per MAC / median) ** -BETA)")
     ap.add_argument("--latency-model", default="ort-cpu", help="latency model of the '+lat' methods")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
@@ -157,7 +150,7 @@ def main(argv=None) -> int:
             models[name] = pruned
             print(json.dumps(rows[-1], default=float), flush=True)
 
-    time_variants(models, lambda m, path: export(m, path, size), rows, size, args.warmup, args.latency_rounds,
+    time_variants(models, lambda m, path: export_detector(m, path, size), rows, size, args.warmup, args.latency_rounds,
                   args.threads)
     for r in rows:
         r["flop_ratio"] = base_cost.flops / r["flops"]

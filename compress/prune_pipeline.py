@@ -251,6 +251,8 @@ def run_prune(
     sparsity_epochs: int = 0,
     sparsity_lambda: float = 1e-4,
     baseline_ap: Optional[Dict[str, float]] = None,
+    latency_model: Optional[str] = None,
+    latency_tilt: float = 0.0,
     progress: bool = True,
     log: Callable[[str], None] = print,
     finetune: str = "plain",
@@ -269,6 +271,8 @@ def run_prune(
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS + LAYER_METHODS}")
     if finetune not in RETRAIN_METHODS:
         raise ValueError(f"unknown retraining method {finetune!r}; choose from {RETRAIN_METHODS}")
+    if latency_model is None and (target_kind == "latency" or latency_tilt):
+        latency_model = "ort-cpu"
     if method in LAYER_METHODS and (target_kind != "flops" or compensate_flag):
         raise ValueError(f"--method {method} supports a FLOPs target only and no --compensate")
     from compress.inference import evaluate_model, summary_ap
@@ -319,11 +323,17 @@ def run_prune(
         metrics["layers_removed"] = len(result["plan"]["removed_layers"])
     else:
         t = time.perf_counter()
-        decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha)
+        decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha,
+                                latency_model=latency_model, latency_tilt=latency_tilt)
         timings["analyse"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = prune_detector(model, decision, method, {"kind": target_kind, "reduction": target_reduction},
-                                round_to, compensate_with=calib[:32] if compensate_flag else None)
+        target = {"kind": target_kind, "reduction": target_reduction}
+        if target_kind == "latency" or latency_tilt:
+            target.update(latency_model=latency_model, latency_tilt=latency_tilt)
+        if "modelled_latency_reduction" in decision["allocation"]:
+            metrics["modelled_latency_reduction"] = decision["allocation"]["modelled_latency_reduction"]
+        result = prune_detector(model, decision, method, target, round_to,
+                                compensate_with=calib[:32] if compensate_flag else None)
         timings["prune" + ("+compensate" if compensate_flag else "")] = time.perf_counter() - t
     pruned, plan = result["model"], result["plan"]
     metrics.update({k: plan["achieved"][k] for k in ("flops", "params", "baseline_flops", "baseline_params",

@@ -63,7 +63,23 @@ def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny
         assert n_out % 8 == 0 or spec["keep_out"] is None
 
 
+def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, tiny_checkpoint):
+    out = tmp_path / "pruned"
+    rc, stdout, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                            "--target-latency", "0.4", "--latency-tilt", "1", "--calibration-images", "6",
+                            "--no-eval", "--out", str(out)])
+    assert rc == 0, err
+    plan = load_plan(out / "plan.json")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert plan["target"] == {"kind": "latency", "reduction": 0.4, "latency_model": "ort-cpu", "latency_tilt": 1.0}
+    assert 0.4 <= metrics["modelled_latency_reduction"] < 0.55
+    assert '"modelled_latency_reduction"' in stdout
+
+
 @pytest.mark.parametrize("argv,needle", [
+    (["--target-flops", "0.5", "--method", "l1", "--latency-tilt", "1"], "--latency-tilt applies to"),
+    (["--target-flops", "0.5", "--latency-tilt", "-1"], "must be >= 0"),
+    (["--target-latency", "1.0"], "strictly between 0 and 1"),
     (["--target-flops", "1.5"], "strictly between 0 and 1"),
     (["--target-flops", "0"], "strictly between 0 and 1"),
     (["--target-params", "-0.2"], "strictly between 0 and 1"),

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+LATENCY_MODEL_NAMES = ("ort-cpu", "jetson-nano-fp16")  # compress.criteria.LATENCY_MODELS (torch-free here)
+
 from jetson_compress.commands.common import add_config_args, add_data_args, open_split, prepare_output_dir, resolve
 
 
@@ -19,6 +21,8 @@ def register(sub) -> None:
     tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--target-flops", type=float, help="fraction of FLOPs to remove, e.g. 0.5 (default)")
     tgt.add_argument("--target-params", type=float, help="fraction of parameters to remove instead")
+    tgt.add_argument("--target-latency", type=float,
+                     help="fraction of modelled latency (--latency-model) to remove instead")
     p.add_argument("--method", choices=["richness", "entropy", "l1", "bn", "layer", "layer+richness"],
                    default="richness",
                    help="keep-ratio method: layer information richness (M1), entropy only, uniform L1, BN slimming; "
@@ -26,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="richness = alpha*entropy + (1-alpha)*avg L1")
     p.add_argument("--round-to", type=int, default=8, help="round kept channels to a multiple of this")
     p.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
+    p.add_argument("--latency-tilt", type=float, default=0.0, metavar="BETA",
+                   help="latency-aware allocation (richness/entropy): keep ratios x (modelled seconds per MAC of the "
+                        "group / median) ** -BETA, so the same target buys more speed (0: off; 1 measured best here)")
+    p.add_argument("--latency-model", choices=sorted(LATENCY_MODEL_NAMES), default="ort-cpu",
+                   help="latency model of --target-latency and --latency-tilt (ort-cpu: fitted on ONNX Runtime here; "
+                        "jetson-nano-fp16: datasheet peaks, not measured)")
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
@@ -56,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from jetson_compress.cli import UserError
     from jetson_compress.config import save_resolved
 
-    kind, value = ("params", args.target_params) if args.target_params is not None else ("flops", args.target_flops)
+    kind, value = next(((k, v) for k, v in (("params", args.target_params), ("latency", args.target_latency))
+                        if v is not None), ("flops", args.target_flops))
     value = 0.5 if value is None else value
     if not 0.0 < value < 1.0:
         raise UserError(f"--target-{kind} {value}: must be a fraction of {kind} to remove, strictly between 0 and 1")
@@ -66,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     layer_method = args.method.startswith("layer")
     if layer_method and (kind != "flops" or args.compensate):
         raise UserError(f"--method {args.method}: only a FLOPs target (--target-flops) and no --compensate")
+    if args.latency_tilt < 0:
+        raise UserError(f"--latency-tilt {args.latency_tilt}: must be >= 0")
+    if args.latency_tilt and args.method not in ("richness", "entropy"):
+        raise UserError(f"--latency-tilt applies to --method richness or entropy, not {args.method}")
     if not 0.0 < args.layer_share <= 1.0:
         raise UserError(f"--layer-share {args.layer_share}: must be in (0, 1]")
     if args.finetune != "plain" and args.finetune_epochs <= 0 and not args.finetune_seconds:
@@ -94,14 +109,16 @@ def run(args: argparse.Namespace) -> int:
                     compensate_flag=args.compensate, finetune_epochs=args.finetune_epochs, train_cfg=cfg["train"],
                     eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
                     sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
-                    baseline_ap=baseline_ap, finetune=args.finetune, finetune_seconds=args.finetune_seconds,
+                    baseline_ap=baseline_ap, latency_model=args.latency_model, latency_tilt=args.latency_tilt,
+                    finetune=args.finetune, finetune_seconds=args.finetune_seconds,
                     retrain_options={"graft_every": args.graft_every, "round_to": args.round_to,
                                      "min_channels": args.min_channels},
                     layer_options={"layer_share": args.layer_share, "layer_lambda": args.layer_lambda,
                                    "layer_threshold": args.layer_threshold, "layer_score": args.layer_score}
                     if layer_method else None)
     m = res["metrics"]
-    print(json.dumps({k: m[k] for k in m if k.startswith("ap50") or k in ("flops_reduction", "params_reduction")},
+    print(json.dumps({k: m[k] for k in m if k.startswith("ap50") or k in ("flops_reduction", "params_reduction",
+                                                                  "modelled_latency_reduction")},
                      indent=2, default=float))
     print(f"wrote {out / 'pruned.pt'}, {out / 'plan.json'}, {out / 'metrics.json'} in {time.perf_counter() - t0:.1f} s")
     return 0
