@@ -79,7 +79,7 @@ class LatencyModel:
     MACs alone do not predict latency: a depthwise 3x3 convolution does 9 MACs per element it reads and writes, a
     1x1 convolution with 576 inputs does 576, and on every device we measured the first is memory-bound. Fitted on
     ONNX Runtime's per-node profile of the baseline and a pruned detector (``benchmarks/latency_model.py``), the
-    two-term model explains R^2 0.93 of per-layer latency against 0.64 for MACs alone."""
+    two-term model explains R^2 0.92 of per-layer latency against 0.60 for MACs alone."""
 
     name: str
     macs_per_s: float
@@ -94,7 +94,7 @@ class LatencyModel:
 LATENCY_MODELS = {
     # Fitted by benchmarks/latency_model.py (results/latency_model.json): ONNX Runtime 1.32 CPU, 1 thread, fp32,
     # this project's 2-core Xeon (AVX-512).
-    "ort-cpu": LatencyModel("ort-cpu", 47.6e9, 10.45e9, 4, "fitted: benchmarks/results/latency_model.json"),
+    "ort-cpu": LatencyModel("ort-cpu", 90.3e9, 16.8e9, 4, "fitted: benchmarks/results/latency_model.json"),
     # Jetson Nano datasheet figures, not measured: 472 GFLOPS fp16 peak (236 G MAC/s), 25.6 GB/s LPDDR4 shared
     # with the CPU; TensorRT FP16 moves 2 bytes per element.
     "jetson-nano-fp16": LatencyModel("jetson-nano-fp16", 236e9, 25.6e9, 2, "datasheet peaks, not measured"),
