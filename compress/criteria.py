@@ -12,6 +12,10 @@ Per-group keep ratios:
   r = clip(s * (offset + R), r_min, 1) with one global scale s found by bisection to meet the target;
 - ``entropy``: the alpha = 1 case of ``richness``.
 Kept counts are rounded to a multiple of ``round_to`` (default 8) and never below ``min_channels``.
+
+Targets: MACs (FLOPs), parameters, or the latency of a :class:`LatencyModel` (MACs / P + bytes / B per
+convolution). The same model gives the richness allocation an optional latency tilt (``allocate(latency_tilt=)``):
+keep ratios scaled by (seconds per MAC of the group / median) ** -beta, so a FLOPs budget buys more speed.
 """
 from __future__ import annotations
 
