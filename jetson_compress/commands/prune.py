@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
     p.add_argument("--latency-tilt", type=float, default=0.0, metavar="BETA",
                    help="latency-aware allocation (richness/entropy): keep ratios x (modelled seconds per MAC of the "
-                        "group / median) ** -BETA, so the same target buys more speed (0: off; 1 measured best here)")
+                        "group / median) ** -BETA: more speed for the same FLOPs target, at some AP50 (0: off, the default)")
     p.add_argument("--latency-model", choices=sorted(LATENCY_MODEL_NAMES), default="ort-cpu",
                    help="latency model of --target-latency and --latency-tilt (ort-cpu: fitted on ONNX Runtime here; "
                         "jetson-nano-fp16: datasheet peaks, not measured)")
