@@ -32,13 +32,22 @@ def load_baseline(checkpoint: Optional[str], data: Optional[str], threads: int) 
     return cfg, ckpt_path, baseline, ckpt, resolve_data_root(data)
 
 
-def ort_latency(onnx_paths: Dict[str, str], size: int, warmup: int, rounds: int, threads: int) -> Dict[str, Dict]:
+def cpu_session(onnx_path: str, threads: int, profile_prefix: Optional[str] = None):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads (one inter-op thread); with ``profile_prefix``
+    it records ONNX Runtime's per-node profile (``session.end_profiling()`` returns the JSON's path)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for k, p in onnx_paths.items()}
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_latency(onnx_paths: Dict[str, str], size: int, warmup: int, rounds: int, threads: int) -> Dict[str, Dict]:
+    sessions = {k: cpu_session(p, threads) for k, p in onnx_paths.items()}
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for s in sessions.values():
         for _ in range(warmup):

@@ -27,7 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import environment, export_detector, load_baseline, save_plot, time_variants  # noqa: E402
+from benchmarks.common import (cpu_session, environment, export_detector, load_baseline, save_plot,  # noqa: E402
+                               time_variants)
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.criteria import LATENCY_MODELS  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
@@ -41,14 +42,7 @@ STRUCTURES = [("richness@50", "richness", 0.5, 0.0), ("richness+lat@50", "richne
 
 def profile_convs(onnx_path: str, size: int, runs: int, warmup: int, threads: int) -> List[Dict[str, float]]:
     """Median kernel time (s), MACs and bytes moved of every Conv node ONNX Runtime runs (after its fusions)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(os.path.dirname(onnx_path), "profile")
-    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    sess = cpu_session(onnx_path, threads, profile_prefix=os.path.join(os.path.dirname(onnx_path), "profile"))
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for _ in range(warmup + runs):
         sess.run(None, {"images": x})

@@ -8,9 +8,10 @@ import json
 import time
 from pathlib import Path
 
-LATENCY_MODEL_NAMES = ("ort-cpu", "jetson-nano-fp16")  # compress.criteria.LATENCY_MODELS (torch-free here)
-
 from jetson_compress.commands.common import add_config_args, add_data_args, open_split, prepare_output_dir, resolve
+
+# The keys of compress.criteria.LATENCY_MODELS (a test keeps them equal), so registering the command imports no torch.
+LATENCY_MODEL_NAMES = ("ort-cpu", "jetson-nano-fp16")
 
 
 def register(sub) -> None:
