@@ -13,10 +13,8 @@ Loading validates all of it and names the file in every error.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -24,6 +22,7 @@ import torch
 
 from compress.detector import ARCHITECTURE, Detector, DetectorConfig
 from jetson_compress.version import __version__
+from runtime.fileio import atomic_write_bytes  # noqa: F401  (the one atomic write; re-exported for compress/)
 
 FORMAT = "jetson-compress-checkpoint"
 FORMAT_VERSION = 1
@@ -34,30 +33,6 @@ class CheckpointError(ValueError):
     def __init__(self, path: os.PathLike | str, problem: str) -> None:
         self.path = str(path)
         super().__init__(f"{self.path}: {problem}")
-
-
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # the folder's name is taken by a file
-        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(path.parent)) from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not exc.filename:
-            # A failed write (disk full, I/O error) carries no file name: name the file we were writing.
-            raise OSError(exc.errno, f"{exc.strerror or exc} (an earlier file of that name is left unchanged)",
-                          str(path)) from exc
-        raise
 
 
 def save_checkpoint(

@@ -87,19 +87,18 @@ def predict_dataset(
                         "images_per_second": len(dataset) / max(total, 1e-9)}
 
 
+def prediction_settings(eval_cfg: Optional[dict] = None) -> Dict:
+    """The ``predict_dataset`` keywords of a configuration's ``eval`` section (defaults for missing keys)."""
+    cfg = dict(eval_cfg or {})
+    return {"batch_size": int(cfg.get("batch_size", 16)), "score_threshold": float(cfg.get("score_threshold", 0.01)),
+            "nms_iou": float(cfg.get("nms_iou", 0.6)), "max_detections": int(cfg.get("max_detections", 100)),
+            "pre_nms_topk": int(cfg.get("pre_nms_topk", 1000))}
+
+
 def evaluate_model(model: Detector, dataset: VOCDataset, input_size: int, eval_cfg: Optional[dict] = None,
                    progress: bool = False) -> Dict:
     """Per-class AP50 (VOC07 11-point and all-point), per source when ids carry a source prefix."""
-    cfg = dict(eval_cfg or {})
-    dets, timing = predict_dataset(
-        model, dataset, input_size,
-        batch_size=int(cfg.get("batch_size", 16)),
-        score_threshold=float(cfg.get("score_threshold", 0.01)),
-        nms_iou=float(cfg.get("nms_iou", 0.6)),
-        max_detections=int(cfg.get("max_detections", 100)),
-        pre_nms_topk=int(cfg.get("pre_nms_topk", 1000)),
-        progress=progress,
-    )
+    dets, timing = predict_dataset(model, dataset, input_size, progress=progress, **prediction_settings(eval_cfg))
     result = evaluate_all(dets, dataset.ground_truths(), list(dataset.classes))
     result["timing"] = timing
     result["num_images"] = len(dataset)

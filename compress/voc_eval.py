@@ -46,6 +46,7 @@ __all__ = [
     "voc_ap",
     "evaluate_detections",
     "evaluate_all",
+    "evaluate_size_ranges",
     "source_of",
 ]
 
@@ -119,8 +120,10 @@ def evaluate_detections(
     ``ValueError``. Matching and interpolation follow the devkit (see the module docstring).
 
     Returns ``{"ap": {class: float}, "map": float, "npos": {class: int}, "num_detections": {class: int},
-    "metric": "voc07_11point" | "all_point", "iou_threshold": float}``; ``num_detections`` counts all detections
-    of the class, ignored ones included; a class with ``npos == 0`` has AP ``nan`` and is left out of ``map``.
+    "recall": {class: float}, "metric": "voc07_11point" | "all_point", "iou_threshold": float}``;
+    ``num_detections`` counts all detections of the class, ignored ones included; ``recall`` is the share of the
+    positives found by any detection given (TP / npos at the lowest score); a class with ``npos == 0`` has AP and
+    recall ``nan`` and is left out of ``map``.
     """
     matches = _match_all(detections, ground_truths, class_names, iou_threshold)
     return _summarise(matches, class_names, iou_threshold, use_07_metric)
@@ -162,6 +165,33 @@ def evaluate_all(
     return result
 
 
+def evaluate_size_ranges(
+    detections: Mapping[str, Detections],
+    ground_truths: Mapping[str, GroundTruth],
+    class_names: Sequence[str],
+    sizes: Mapping[str, np.ndarray],
+    ranges: Sequence[Tuple[float, float]],
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+) -> List[Dict[str, Any]]:
+    """:func:`evaluate_detections` once per object-size range ``[lo, hi)``, as COCO scores its area ranges: an
+    object whose size (``sizes[image_id][k]`` for object ``k``, any measure: height, sqrt(area)...) lies outside
+    the range is treated as difficult, so it neither counts as a positive nor makes a detection on it a false
+    positive. One result per range, in order."""
+    results = []
+    for lo, hi in ranges:
+        restricted = {}
+        for image_id, gt in ground_truths.items():
+            size = np.asarray(sizes[image_id], dtype=np.float64).reshape(-1)
+            if size.shape[0] != np.asarray(gt.labels).reshape(-1).shape[0]:
+                raise ValueError(f"image {image_id!r}: {size.shape[0]} sizes for "
+                                 f"{np.asarray(gt.labels).reshape(-1).shape[0]} objects")
+            outside = (size < lo) | (size >= hi)
+            restricted[image_id] = GroundTruth(gt.boxes, gt.labels, np.asarray(gt.difficult, dtype=bool) | outside)
+        results.append(evaluate_detections(detections, restricted, class_names, iou_threshold, use_07_metric))
+    return results
+
+
 def source_of(image_id: str) -> Optional[str]:
     """The data source an image id is prefixed with: the text before its first ``"_"``, or None.
 
@@ -186,6 +216,8 @@ def _summarise(
         "map": float(sum(scored) / len(scored)) if scored else math.nan,
         "npos": {name: int(match.npos) for name, match in zip(class_names, matches)},
         "num_detections": {name: int(match.num_detections) for name, match in zip(class_names, matches)},
+        "recall": {name: float(match.true_positive.sum()) / match.npos if match.npos else math.nan
+                   for name, match in zip(class_names, matches)},
         "metric": METRIC_VOC07 if use_07_metric else METRIC_ALL_POINT,
         "iou_threshold": float(iou_threshold),
     }

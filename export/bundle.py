@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from export.files import atomic_write_bytes, sha256_file
+from runtime.fileio import atomic_write_bytes, sha256_file
 from export.lint import lint_onnx
 from export.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx, resolve_export_meta
 from jetson_compress.version import __version__

@@ -34,7 +34,7 @@ import onnx
 from onnx import defs
 
 from export import trt82_ops
-from export.files import atomic_write_bytes
+from runtime.fileio import atomic_write_bytes
 
 __all__ = ["ERROR", "WARNING", "Finding", "LintError", "LintReport", "RULES", "lint_onnx"]
 

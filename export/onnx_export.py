@@ -31,7 +31,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from export.files import atomic_write_bytes, sha256_bytes, sha256_file
+from runtime.fileio import atomic_write_bytes, sha256_bytes, sha256_file
 from jetson_compress.version import __version__
 
 __all__ = [

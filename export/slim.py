@@ -21,7 +21,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from export.files import atomic_write_bytes
+from runtime.fileio import atomic_write_bytes
 
 
 def channel_plan(plan: Dict[str, Any]) -> Dict[str, Any]:

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.files import atomic_write_bytes, sha256_bytes
+from runtime.fileio import atomic_write_bytes, sha256_bytes
 from export.onnx_graph import ChannelGraph, ChannelGroup, SurgeryError, constants_to_initializers, node_label, \
     opset_of
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress import checkpoint as ckpt_mod
+from runtime import fileio
 from compress.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -212,7 +212,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch, failing):
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod.os, failing, boom)
+    monkeypatch.setattr(fileio.os, failing, boom)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_bytes(path, b"new contents that never land")
     monkeypatch.undo()
@@ -225,3 +225,20 @@ def test_atomic_write_creates_parent_folders(tmp_path):
     atomic_write_bytes(path, b"{}")
     assert path.read_bytes() == b"{}"
     assert os.listdir(path.parent) == ["c.json"]
+
+
+def test_atomic_write_gives_the_permissions_open_would(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "model.onnx"
+        atomic_write_bytes(path, b"x")
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(umask)
+
+
+def test_atomic_write_names_a_file_in_the_way_of_its_folder(tmp_path):
+    (tmp_path / "out").write_bytes(b"a file, not a folder")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder") as info:
+        atomic_write_bytes(tmp_path / "out" / "plan.json", b"{}")
+    assert info.value.filename == str(tmp_path / "out")

@@ -14,6 +14,7 @@ from compress.voc_eval import (
     GroundTruth,
     evaluate_all,
     evaluate_detections,
+    evaluate_size_ranges,
     source_of,
     voc_ap,
 )
@@ -544,3 +545,47 @@ def test_devkit_port_counts_tp_fp_and_ignored_like_hand_cases() -> None:
                 ("a", 0, 0.8, (101, 101, 110, 110)), ("a", 0, 0.7, (21, 1, 30, 10))]
     assert _devkit_ap(gt_objects, det_rows, 0, 0.5, True) == pytest.approx(28.0 / 33.0, abs=TOL)
     assert _devkit_ap(gt_objects, det_rows, 0, 0.5, False) == pytest.approx(5.0 / 6.0, abs=TOL)
+
+
+# ------------------------------------------------------------------------------------------ recall and size ranges
+
+SMALL = [0.0, 0.0, 4.0, 8.0]  # height 8
+LARGE = [20.0, 0.0, 40.0, 40.0]  # height 40
+LARGE2 = [50.0, 0.0, 70.0, 40.0]
+
+
+def _size_scene():
+    gts = {"a": _gt([SMALL, LARGE, LARGE2])}
+    dets = {"a": _det([SMALL, FAR, LARGE], [0.9, 0.8, 0.7])}
+    heights = {"a": np.array([8.0, 40.0, 40.0])}
+    return gts, dets, heights
+
+
+def test_recall_is_the_share_of_positives_found() -> None:
+    gts, dets, _ = _size_scene()
+    voc07, all_point = _both(dets, gts)
+    # Ranked TP, FP, TP over 3 positives.
+    assert voc07["recall"] == {"person": pytest.approx(2.0 / 3.0, abs=TOL)}
+    assert all_point["recall"] == voc07["recall"]
+    assert math.isnan(evaluate_detections(dets, {"a": _gt([A], difficult=[True])}, ["person"])["recall"]["person"])
+
+
+def test_size_ranges_ignore_objects_outside_the_range() -> None:
+    gts, dets, heights = _size_scene()
+    small, large = evaluate_size_ranges(dets, gts, ["person"], heights, [(0.0, 16.0), (16.0, math.inf)])
+    # [0, 16): only SMALL counts; the detection on LARGE is ignored (not an FP): ranked TP, FP -> AP 1, recall 1.
+    assert small["npos"] == {"person": 1}
+    assert small["ap"]["person"] == pytest.approx(1.0, abs=TOL)
+    assert small["recall"]["person"] == pytest.approx(1.0, abs=TOL)
+    # [16, inf): LARGE and LARGE2 count; the detection on SMALL is ignored: ranked FP (.8), TP (.7) -> recall 0, 1/2,
+    # precision 0, 1/2; 11-point: t = 0..0.5 (6 points) at 1/2 -> 3/11.
+    assert large["npos"] == {"person": 2}
+    assert large["ap"]["person"] == pytest.approx(3.0 / 11.0, abs=TOL)
+    assert large["recall"]["person"] == pytest.approx(0.5, abs=TOL)
+    all_point = evaluate_size_ranges(dets, gts, ["person"], heights, [(16.0, math.inf)], use_07_metric=False)[0]
+    assert all_point["ap"]["person"] == pytest.approx(0.25, abs=TOL)
+    # A range that holds every object is the plain evaluation.
+    whole = evaluate_size_ranges(dets, gts, ["person"], heights, [(0.0, math.inf)])[0]
+    assert whole == evaluate_detections(dets, gts, ["person"])
+    with pytest.raises(ValueError, match="image 'a': 2 sizes for 3 objects"):
+        evaluate_size_ranges(dets, gts, ["person"], {"a": np.array([8.0, 40.0])}, [(0.0, 16.0)])

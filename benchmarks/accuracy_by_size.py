@@ -1,0 +1,241 @@
+"""Where a detector's AP50 is lost: recall and AP per object size, per data source, on a test split and on the
+training split (issue 2's "say what limits it").
+
+For every checkpoint and split it runs the detector once (the evaluation's settings: score >= 0.01, NMS, at most
+100 boxes) and scores the detections per size range of the objects, measured as their **height in network-input
+pixels** (after the letterbox to the model's input size, e.g. 320). Objects outside a range are treated as
+difficult (neither positives nor false positives), as COCO scores its area ranges. Per range: ground-truth count,
+AP50 (VOC07 11-point), recall of all evaluated detections, and recall at the deploy score threshold
+(``nms.score_threshold`` of the configuration, the threshold the demo draws with). The same figures on the
+training split tell under-fitting (low there too) from a failure to generalise (high there, low on test). The
+detections at the deploy threshold are counted by kind: true, duplicate, badly localised on a person (IoU 0.1–0.5),
+background (IoU < 0.1).
+
+    python benchmarks/accuracy_by_size.py --data ../shared/data/pedestrians/VOCdevkit \\
+        [--checkpoint A.pt B.pt] [--splits test trainval] [--edges 16 32 64]
+
+Writes ``accuracy_by_size.json``, ``.md`` and ``.png`` (with the environment) to ``--out``
+(default ``benchmarks/results/``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import environment, load_baseline, save_plot  # noqa: E402
+from compress.checkpoint import atomic_write_bytes, load_model  # noqa: E402
+from compress.inference import predict_dataset, prediction_settings  # noqa: E402
+from compress.voc import VOCDataset  # noqa: E402
+from compress.voc_eval import Detections, _pairwise_iou, evaluate_size_ranges, source_of  # noqa: E402
+
+KINDS = ("true", "duplicate", "localisation", "background", "ignored")
+
+
+def size_ranges(edges: Sequence[float]) -> List[Tuple[float, float]]:
+    """Every object ``[0, inf)``; the bins ``[0, e1), [e1, e2), ..., [en, inf)``; last ``[e1, inf)``, every object
+    but the smallest ones (the last bin already, with one edge)."""
+    bounds = [0.0] + [float(e) for e in edges] + [math.inf]
+    if not edges or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"size-range edges must be positive and increasing, got {list(edges)}")
+    bins = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+    return [(0.0, math.inf)] + bins + ([(bounds[1], math.inf)] if len(edges) > 1 else [])
+
+
+def range_name(lo: float, hi: float) -> str:
+    if lo == 0.0 and math.isinf(hi):
+        return "all"
+    return f">={lo:g}" if math.isinf(hi) else f"{lo:g}-{hi:g}"
+
+
+def input_heights(dataset: VOCDataset, input_size: int) -> Dict[str, np.ndarray]:
+    """Height of every object in network-input pixels (the letterbox scales the longer image side to the input)."""
+    out = {}
+    for ann in dataset.annotations:
+        boxes = ann.ground_truth().boxes
+        out[ann.image_id] = (boxes[:, 3] - boxes[:, 1]) * (input_size / max(ann.width, ann.height))
+    return out
+
+
+def above(dets: Dict[str, Detections], threshold: float) -> Dict[str, Detections]:
+    return {i: Detections(d.boxes[d.scores >= threshold], d.scores[d.scores >= threshold],
+                          d.labels[d.scores >= threshold]) for i, d in dets.items()}
+
+
+def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
+    """What the detections at score >= ``threshold`` are. In each image, by descending score, a detection takes the
+    same-class object of largest IoU (VOC's rule): IoU >= 0.5 with an object not yet taken is ``true``, with one
+    already taken ``duplicate``, with a difficult one ``ignored``; 0.1 <= IoU < 0.5 is ``localisation`` (a box on
+    a person, badly placed or spanning several); below 0.1 ``background``."""
+    counts = dict.fromkeys(KINDS, 0)
+    for image_id, det in dets.items():
+        gt = gts[image_id]
+        keep = np.flatnonzero(det.scores >= threshold)
+        keep = keep[np.argsort(-det.scores[keep], kind="stable")]
+        taken = np.zeros(len(gt.labels), dtype=bool)
+        iou = _pairwise_iou(det.boxes[keep], gt.boxes) if len(gt.labels) else np.zeros((keep.size, 0))
+        iou[det.labels[keep][:, None] != np.asarray(gt.labels)[None, :]] = -1.0
+        for k in range(keep.size):
+            best = int(np.argmax(iou[k])) if iou.shape[1] else -1
+            overlap = iou[k, best] if best >= 0 else 0.0
+            if overlap >= 0.5:
+                kind = "ignored" if gt.difficult[best] else ("duplicate" if taken[best] else "true")
+                taken[best] = True
+            else:
+                kind = "localisation" if overlap >= 0.1 else "background"
+            counts[kind] += 1
+    return counts
+
+
+def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int, edges: Sequence[float],
+              deploy_threshold: float) -> Tuple[List[Dict], Dict[str, Dict[str, int]]]:
+    """One row per (source, size range), ``all`` first, then each id prefix (see the module docstring); and per
+    source the detections at the deploy threshold counted by kind (``detection_kinds``)."""
+    gts = dataset.ground_truths()
+    heights = input_heights(dataset, input_size)
+    ranges = size_ranges(edges)
+    cls = list(dataset.classes)
+    groups = {"all": list(gts)}
+    for image_id in gts:
+        source = source_of(image_id)
+        if source is not None:
+            groups.setdefault(source, []).append(image_id)
+    rows, kinds = [], {}
+    for source, ids in groups.items():
+        g = {i: gts[i] for i in ids}
+        h = {i: heights[i] for i in ids}
+        d = {i: dets[i] for i in ids if i in dets}
+        evaluated = evaluate_size_ranges(d, g, cls, h, ranges)
+        deployed = evaluate_size_ranges(above(d, deploy_threshold), g, cls, h, ranges)
+        kinds[source] = detection_kinds(d, g, deploy_threshold)
+        for (lo, hi), ev, dep in zip(ranges, evaluated, deployed):
+            n = sum(ev["npos"].values())
+            rows.append({"source": source, "range": range_name(lo, hi), "lo": lo, "hi": hi if math.isfinite(hi) else None,
+                         "gt": n, "ap50": ev["map"] if n else None,  # figures over the classes with objects here
+                         "recall": float(np.nanmean(list(ev["recall"].values()))) if n else None,
+                         "recall_deploy": float(np.nanmean(list(dep["recall"].values()))) if n else None})
+    return rows, kinds
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def markdown(results: List[Dict], edges: Sequence[float], deploy_threshold: float, env: Dict) -> str:
+    names = [range_name(lo, hi) for lo, hi in size_ranges(edges)]
+    lines = ["# Accuracy by object size", "",
+             "Object height in network-input pixels; objects outside a range are ignored (COCO-style). Per range: "
+             f"AP50 (VOC07 11-point) · recall of the evaluated detections (score ≥ 0.01) · recall at the deploy "
+             f"threshold (score ≥ {deploy_threshold:g}) · ground-truth boxes. `all`: every object (the plain "
+             f"evaluation); the last column: every object but the smallest range.", ""]
+    for res in results:
+        lines += [f"## `{res['checkpoint']}` on `{res['split']}` ({res['images']} images, input {res['input_size']})", "",
+                  "| source | " + " | ".join(n if n == "all" else f"{n} px" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        by_source: Dict[str, List[Dict]] = {}
+        for r in res["rows"]:
+            by_source.setdefault(r["source"], []).append(r)
+        for source, rows in by_source.items():
+            cells = [f"{_fmt(r['ap50'])} · {_fmt(r['recall'])} · {_fmt(r['recall_deploy'])} · {r['gt']}" for r in rows]
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
+        lines += ["", f"Detections at score ≥ {deploy_threshold:g}, by kind (share of all of them):", "",
+                  "| source | detections | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS)]
+        for source, counts in res["deploy_detections"].items():
+            total = sum(counts.values())
+            lines.append(f"| {source} | {total} | " + " | ".join(
+                f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in KINDS) + " |")
+        lines.append("")
+    lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return "\n".join(lines)
+
+
+MIN_PLOTTED_BOXES = 10  # a recall over fewer boxes is left off the plot (it stays in the tables)
+
+
+def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
+    """Recall per size bin, a colour per source and a line style per series: with one checkpoint, its splits; with
+    several, each checkpoint on the first split."""
+    names = [range_name(lo, hi) for lo, hi in size_ranges(edges)][1:len(edges) + 2]
+    several = len({r["checkpoint"] for r in results}) > 1
+    series = [r for r in results if not several or r["split"] == results[0]["split"]]
+    colours: Dict[str, str] = {}
+
+    def draw(ax):
+        for k, res in enumerate(series):
+            for source in dict.fromkeys(r["source"] for r in res["rows"]):
+                rows = [r for r in res["rows"] if r["source"] == source][1:1 + len(names)]
+                y = [np.nan if r["recall"] is None or r["gt"] < MIN_PLOTTED_BOXES else r["recall"] for r in rows]
+                ax.plot(range(len(names)), y, marker="o", color=colours.setdefault(source, f"C{len(colours)}"),
+                        linestyle=("-", "--", ":", "-.")[k % 4],
+                        label=f"{source}, " + (res["checkpoint"] if several else res["split"]))
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([f"{n} px" for n in names])
+        ax.set_xlabel("object height in network-input pixels")
+        ax.set_ylabel("recall (IoU 0.5, score >= 0.01)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        what = f"on {results[0]['split']}" if several else results[0]["checkpoint"]
+        ax.set_title(f"Recall by object size, {what}\n(points over fewer than {MIN_PLOTTED_BOXES} boxes left off)",
+                     fontsize=10)
+        ax.legend(fontsize=8)
+
+    save_plot(path, draw)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="VOCdevkit root (default: the configured one)")
+    ap.add_argument("--checkpoint", nargs="*", default=None, help="checkpoints (default: the shipped baseline)")
+    ap.add_argument("--splits", nargs="+", default=["test", "trainval"])
+    ap.add_argument("--edges", nargs="+", type=float, default=[16.0, 32.0, 64.0],
+                    help="size-range edges in network-input pixels of object height")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    try:
+        ranges = size_ranges(args.edges)  # validated before any work
+    except ValueError as exc:
+        ap.error(str(exc))
+    checkpoints = args.checkpoint or [None]
+    cfg, first_path, first_model, _, data_root = load_baseline(checkpoints[0], args.data, args.threads)
+    deploy_threshold = float(cfg["nms"]["score_threshold"])
+    results = []
+    t0 = time.time()
+    paths = [first_path] + [Path(ck) for ck in checkpoints[1:]]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):  # runs/a/final.pt, runs/b/final.pt: label by path
+        names = [str(p) for p in paths]
+    for i, (path, name) in enumerate(zip(paths, names)):
+        model = first_model if i == 0 else load_model(path)[0]
+        size = int(model.config.input_size)
+        for split in args.splits:
+            ds = VOCDataset(data_root, split, classes=cfg["data"]["classes"])
+            dets, timing = predict_dataset(model, ds, size, progress=True, **prediction_settings(cfg["eval"]))
+            rows, kinds = breakdown(dets, ds, size, args.edges, deploy_threshold)
+            results.append({"checkpoint": name, "split": split, "images": len(ds), "input_size": size,
+                            "rows": rows, "deploy_detections": kinds})
+            print(f"{name} {split} ({timing['seconds']:.0f} s): " + "; ".join(
+                f"{r['source']} {r['range']} AP50 {_fmt(r['ap50'])} recall {_fmt(r['recall'])}"
+                for r in rows if r["range"] in ("all", range_name(*ranges[-1]))), flush=True)
+    env = environment(args.threads)
+    report = {"edges": list(args.edges), "deploy_threshold": deploy_threshold, "results": results,
+              "seconds": time.time() - t0, "environment": env}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "accuracy_by_size.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out / "accuracy_by_size.md", markdown(results, args.edges, deploy_threshold, env).encode())
+    plot(out / "accuracy_by_size.png", results, args.edges)
+    return report
+
+
+if __name__ == "__main__":
+    main()
