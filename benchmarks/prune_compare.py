@@ -36,7 +36,9 @@ from compress.prune_pipeline import calibration_batch, plan_pruning, prune_detec
 from compress.train import train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
-METHODS = ["richness", "richness+comp", "richness+lat", "richness+comp+lat", "l1", "bn", "torch-pruning"]
+METHODS = ["richness", "richness+comp", "richness+lat", "richness+comp+lat", "entropy", "entropy+comp", "l1", "bn",
+           "torch-pruning"]
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy")]  # entropy (M1's alpha = 1): on request
 
 
 def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8):
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="VOCdevkit root")
     ap.add_argument("--checkpoint", help="baseline checkpoint (default: shipped)")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7])
-    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS)
     ap.add_argument("--finetune-epochs", type=int, default=5)
     ap.add_argument("--finetune-lr", type=float,
                     help="peak learning rate of the fine-tune (default: the configuration's train.lr)")
