@@ -115,13 +115,13 @@ def test_layer_scale_l1_and_sparsity_steps():
     flat = LayerScaleL1(model, 96, lam=0.01, flops_weighted=False)
     assert set(flat.weight.values()) == {1.0}
     scales = [m.scale for m in scaled_layers(model).values()]
-    before = [abs(float(s)) for s in scales]
+    before = [abs(float(s.detach())) for s in scales]
     opt = torch.optim.SGD(scales, lr=0.5)
     for _ in range(5):
         opt.zero_grad()
         flat(model).backward()
         opt.step()
-    after = [abs(float(s)) for s in scales]
+    after = [abs(float(s.detach())) for s in scales]
     # L1 alone: every |s| shrinks by exactly lr * lam per step until it crosses zero.
     assert all(abs(b - a - 5 * 0.5 * 0.01) < 1e-6 for a, b in zip(after, before) if b > 0.03)
 
