@@ -22,13 +22,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from runtime.fileio import atomic_write_bytes, sha256_file
 from export.lint import lint_onnx
 from export.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx, resolve_export_meta
 from jetson_compress.version import __version__
 from runtime.bundle import (
     DEFAULT_NMS, FORMAT, FORMAT_VERSION, MANIFEST_NAME, validate_bundle, validate_manifest, validate_nms,
 )
+from runtime.fileio import atomic_write_bytes, sha256_file
 
 __all__ = ["BundleWriteError", "RECORD_NAME", "build_manifest_base", "write_bundle"]
 

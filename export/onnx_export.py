@@ -31,8 +31,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from runtime.fileio import atomic_write_bytes, sha256_bytes, sha256_file
 from jetson_compress.version import __version__
+from runtime.fileio import atomic_write_bytes, sha256_bytes, sha256_file
 
 __all__ = [
     "ExportError",

@@ -32,9 +32,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from runtime.fileio import atomic_write_bytes, sha256_bytes
 from export.onnx_graph import ChannelGraph, ChannelGroup, SurgeryError, constants_to_initializers, node_label, \
     opset_of
+from runtime.fileio import atomic_write_bytes, sha256_bytes
 
 __all__ = ["CRITERIA", "SurgeryError", "SurgeryResult", "VerificationError", "count_macs_params", "prune_onnx",
            "surgery", "surgery_with_plan", "verify_against_torch"]
