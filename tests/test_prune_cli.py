@@ -115,7 +115,7 @@ def test_adaptive_bn_l1_and_kernel_sparsity():
     assert len(pen.layers) > 40
     value = pen(model)
     expected = sum(pen.coeff[n] * float(bn.weight.detach().abs().sum()) for n, bn, _ in pen.layers)
-    assert abs(float(value) - expected) < 1e-6 * max(expected, 1)
+    assert abs(float(value.detach()) - expected) < 1e-6 * max(expected, 1)
     # A layer that is already fully sparse gets no more push.
     name, bn, _ = pen.layers[0]
     with torch.no_grad():
