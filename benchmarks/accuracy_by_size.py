@@ -162,33 +162,35 @@ MIN_PLOTTED_BOXES = 10  # a recall over fewer boxes is left off the plot (it sta
 
 
 def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
-    """Recall per size bin, a colour per source and a line style per series: with one checkpoint, its splits; with
-    several, each checkpoint on the first split."""
+    """Recall per size bin, a colour per source. Left: the first checkpoint on every split (solid: the first split,
+    dashed: the next). Right, with several checkpoints: each of them on the first split."""
     names = [range_name(lo, hi) for lo, hi in size_ranges(edges)][1:len(edges) + 2]
-    several = len({r["checkpoint"] for r in results}) > 1
-    series = [r for r in results if not several or r["split"] == results[0]["split"]]
+    checkpoints = list(dict.fromkeys(r["checkpoint"] for r in results))
+    panels = [(f"{checkpoints[0]}: " + " vs ".join(r["split"] for r in results if r["checkpoint"] == checkpoints[0]),
+               [(r, r["split"]) for r in results if r["checkpoint"] == checkpoints[0]])]
+    if len(checkpoints) > 1:
+        panels.append((f"checkpoints on {results[0]['split']}",
+                       [(r, r["checkpoint"]) for r in results if r["split"] == results[0]["split"]]))
     colours: Dict[str, str] = {}
 
-    def draw(ax):
-        for k, res in enumerate(series):
-            for source in dict.fromkeys(r["source"] for r in res["rows"]):
-                rows = [r for r in res["rows"] if r["source"] == source][1:1 + len(names)]
-                y = [np.nan if r["recall"] is None or r["gt"] < MIN_PLOTTED_BOXES else r["recall"] for r in rows]
-                ax.plot(range(len(names)), y, marker="o", color=colours.setdefault(source, f"C{len(colours)}"),
-                        linestyle=("-", "--", ":", "-.")[k % 4],
-                        label=f"{source}, " + (res["checkpoint"] if several else res["split"]))
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([f"{n} px" for n in names])
-        ax.set_xlabel("object height in network-input pixels")
-        ax.set_ylabel("recall (IoU 0.5, score >= 0.01)")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        what = f"on {results[0]['split']}" if several else results[0]["checkpoint"]
-        ax.set_title(f"Recall by object size, {what}\n(points over fewer than {MIN_PLOTTED_BOXES} boxes left off)",
-                     fontsize=10)
-        ax.legend(fontsize=8)
+    def draw(axes):
+        for ax, (title, series) in zip(axes if len(panels) > 1 else [axes], panels):
+            for k, (res, label) in enumerate(series):
+                for source in dict.fromkeys(r["source"] for r in res["rows"]):
+                    rows = [r for r in res["rows"] if r["source"] == source][1:1 + len(names)]
+                    y = [np.nan if r["recall"] is None or r["gt"] < MIN_PLOTTED_BOXES else r["recall"] for r in rows]
+                    ax.plot(range(len(names)), y, marker="o", color=colours.setdefault(source, f"C{len(colours)}"),
+                            linestyle=("-", "--", ":", "-.")[k % 4], label=f"{source}, {label}")
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels([f"{n} px" for n in names])
+            ax.set_xlabel("object height in network-input pixels")
+            ax.set_ylabel("recall (IoU 0.5, score >= 0.01)")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{title}\n(points over fewer than {MIN_PLOTTED_BOXES} boxes left off)", fontsize=9)
+            ax.legend(fontsize=7)
 
-    save_plot(path, draw)
+    save_plot(path, draw, figsize=(7 * len(panels), 5), ncols=len(panels))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:

@@ -94,9 +94,9 @@ def time_variants(models: Dict[str, Any], export: Callable[[Any, str], None], ro
         r["speedup"] = base_ms / lat[r["variant"]]["median_ms"]
 
 
-def save_plot(path: Path, draw: Callable[[Any], None], figsize: Tuple[float, float] = (7, 5)) -> bool:
-    """One figure (Agg backend): ``draw(ax)`` fills it, it is saved to ``path`` at 120 dpi and closed. Without
-    matplotlib it says so on stderr and returns False."""
+def save_plot(path: Path, draw: Callable[[Any], None], figsize: Tuple[float, float] = (7, 5), ncols: int = 1) -> bool:
+    """One figure (Agg backend): ``draw(ax)`` fills it (``draw(axes)``, a list, with ``ncols`` > 1), it is saved to
+    ``path`` at 120 dpi and closed. Without matplotlib it says so on stderr and returns False."""
     try:
         import matplotlib
 
@@ -105,8 +105,8 @@ def save_plot(path: Path, draw: Callable[[Any], None], figsize: Tuple[float, flo
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=figsize)
-    draw(ax)
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    draw(list(axes) if ncols > 1 else axes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -86,3 +86,13 @@ def test_bad_edges_are_refused_before_any_work(voc_sample, tmp_path, capsys) -> 
         main(["--data", str(voc_sample), "--edges", "32", "16", "--out", str(tmp_path)])
     assert "positive and increasing" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_of_two_checkpoints(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks.accuracy_by_size import plot
+
+    rows = [{"source": "all", "range": n, "gt": 20, "recall": 0.5} for n in ("all", "0-16", ">=16")]
+    results = [{"checkpoint": c, "split": s, "rows": rows} for c in ("a.pt", "b.pt") for s in ("test", "trainval")]
+    plot(tmp_path / "p.png", results, [16])
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
