@@ -67,8 +67,8 @@ def input_heights(dataset: VOCDataset, input_size: int) -> Dict[str, np.ndarray]
 
 
 def above(dets: Dict[str, Detections], threshold: float) -> Dict[str, Detections]:
-    return {i: Detections(d.boxes[d.scores >= threshold], d.scores[d.scores >= threshold],
-                          d.labels[d.scores >= threshold]) for i, d in dets.items()}
+    """The detections at score >= ``threshold``."""
+    return {i: Detections(*(a[d.scores >= threshold] for a in d)) for i, d in dets.items()}
 
 
 def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:

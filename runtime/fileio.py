@@ -29,10 +29,10 @@ def atomic_write_bytes(path, data):
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", folder) from None
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:  # owns fd from here: closed whatever fails below
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
             handle.write(memoryview(data))
             handle.flush()
             os.fsync(handle.fileno())
