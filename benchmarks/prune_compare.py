@@ -83,6 +83,9 @@ def main(argv=None) -> int:
                     help="fine-tune every method with W x head-output distillation from the unpruned baseline "
                          "(0, the default: the detection loss alone)")
     ap.add_argument("--seed", type=int, help="seed of the fine-tune (default: the configuration's train.seed)")
+    ap.add_argument("--freeze-blocks", type=int, metavar="N",
+                    help="backbone blocks kept frozen in the fine-tune, for every method alike (default: the "
+                         "configuration's train.freeze_blocks, as the baseline was trained)")
     ap.add_argument("--latency-rounds", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -142,6 +145,8 @@ def main(argv=None) -> int:
                     tcfg["lr"] = args.finetune_lr
                 if args.seed is not None:
                     tcfg["seed"] = args.seed
+                if args.freeze_blocks is not None:
+                    tcfg["freeze_blocks"] = args.freeze_blocks
                 summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), tcfg, eval_set=test_set,
                              eval_cfg=cfg["eval"], resume=False, progress=False,
                              teacher=baseline if args.distill > 0 else None)
@@ -161,6 +166,7 @@ def main(argv=None) -> int:
               "finetune_epochs": args.finetune_epochs, "distill_weight": args.distill,
               "finetune_seed": cfg["train"]["seed"] if args.seed is None else args.seed,
               "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to,
+              "freeze_blocks": cfg["train"]["freeze_blocks"] if args.freeze_blocks is None else args.freeze_blocks,
               "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
@@ -171,7 +177,8 @@ def main(argv=None) -> int:
                      f"{r['speedup_over_flop_ratio']:.2f} | {r['seconds_prune']:.1f} | {r['seconds_finetune']:.0f} |")
     env = result["environment"]
     md = (f"# Channel pruning head-to-head\n\nBaseline `{ckpt_path.name}`, fine-tune {args.finetune_epochs} epochs for "
-          f"every method{f' (with {args.distill:g} x distillation from the baseline)' if args.distill else ''}, kept channels rounded to multiples of {args.round_to}. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
+          f"every method{f' (with {args.distill:g} x distillation from the baseline)' if args.distill else ''}, the first "
+          f"{result['freeze_blocks']} backbone blocks frozen in it, kept channels rounded to multiples of {args.round_to}. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
           f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, on {env['cpu']} "
           f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
     atomic_write_bytes(out / "prune_compare.md", md.encode())
