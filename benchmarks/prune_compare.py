@@ -108,6 +108,10 @@ def main(argv=None) -> int:
     rows: List[Dict[str, Any]] = []
     models: Dict[str, Any] = {"baseline": baseline}
     base_cost = count_flops_params(baseline, (1, 3, size, size))
+    # One fine-tune configuration for every method: the baseline's training settings, no warm-up, the overrides given.
+    overrides = {"lr": args.finetune_lr, "seed": args.seed, "freeze_blocks": args.freeze_blocks}
+    ft_cfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0, distill_weight=args.distill,
+                  **{k: v for k, v in overrides.items() if v is not None})
     t = time.perf_counter()
     base_ap = summary_ap(evaluate_model(baseline, test_set, size, cfg["eval"]))["overall"]
     rows.append({"variant": "baseline", "method": "baseline", "target": 0.0, "flops": base_cost.flops,
@@ -140,14 +144,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             ap_after = ap_before
             if args.finetune_epochs > 0:
-                tcfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0, distill_weight=args.distill)
-                if args.finetune_lr is not None:
-                    tcfg["lr"] = args.finetune_lr
-                if args.seed is not None:
-                    tcfg["seed"] = args.seed
-                if args.freeze_blocks is not None:
-                    tcfg["freeze_blocks"] = args.freeze_blocks
-                summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), tcfg, eval_set=test_set,
+                summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), ft_cfg, eval_set=test_set,
                              eval_cfg=cfg["eval"], resume=False, progress=False,
                              teacher=baseline if args.distill > 0 else None)
                 ap_after = summ["ap50"]["overall"]
@@ -164,9 +161,8 @@ def main(argv=None) -> int:
         r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
               "finetune_epochs": args.finetune_epochs, "distill_weight": args.distill,
-              "finetune_seed": cfg["train"]["seed"] if args.seed is None else args.seed,
-              "finetune_lr": cfg["train"]["lr"] if args.finetune_lr is None else args.finetune_lr, "round_to": args.round_to,
-              "freeze_blocks": cfg["train"]["freeze_blocks"] if args.freeze_blocks is None else args.freeze_blocks,
+              "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
+              "freeze_blocks": ft_cfg["freeze_blocks"],
               "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
