@@ -10,15 +10,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 
-def load_baseline(checkpoint: Optional[str], data: Optional[str], threads: int) -> Tuple[Any, Path, Any, Dict, Path]:
-    """torch on ``threads`` threads; the resolved configuration, the baseline checkpoint (``checkpoint`` or the
-    default one) and its model, and the VOCdevkit root (``data`` or the configured one):
-    ``(cfg, ckpt_path, baseline, ckpt, data_root)``."""
+def load_baseline(checkpoint: Optional[str], data: Optional[str], threads: int,
+                  sets: Sequence[str] = ()) -> Tuple[Any, Path, Any, Dict, Path]:
+    """torch on ``threads`` threads; the resolved configuration (defaults and ``--set`` overrides ``sets``), the
+    baseline checkpoint (``checkpoint`` or the default one) and its model, and the VOCdevkit root (``data`` or the
+    configured one): ``(cfg, ckpt_path, baseline, ckpt, data_root)``."""
     import torch
 
     from compress.checkpoint import default_checkpoint, load_model
@@ -26,7 +27,7 @@ def load_baseline(checkpoint: Optional[str], data: Optional[str], threads: int) 
     from jetson_compress.config import load_config
 
     torch.set_num_threads(threads)
-    cfg = load_config()
+    cfg = load_config(sets=sets)
     ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint()
     baseline, ckpt = load_model(ckpt_path)
     return cfg, ckpt_path, baseline, ckpt, resolve_data_root(data)

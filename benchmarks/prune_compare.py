@@ -33,7 +33,7 @@ from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.inference import evaluate_model, summary_ap  # noqa: E402
 from compress.prune_pipeline import calibration_batch, plan_pruning, prune_detector  # noqa: E402
-from compress.train import train  # noqa: E402
+from compress.train import resolve_device, train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
 METHODS = ["richness", "richness+comp", "richness+lat", "richness+comp+lat", "entropy", "entropy+comp", "l1", "bn",
@@ -86,7 +86,12 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze-blocks", type=int, metavar="N",
                     help="backbone blocks kept frozen in the fine-tune, for every method alike (default: the "
                          "configuration's train.freeze_blocks, as the baseline was trained)")
-    ap.add_argument("--latency-rounds", type=int, default=100)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="configuration override, as for jetson-compress (e.g. train.workers=4, train.device=cuda); "
+                         "train.time_budget_s fits the first fine-tune's epochs to that budget and gives every later "
+                         "variant the same number of epochs")
+    ap.add_argument("--latency-rounds", type=int, default=100, help="0: no latency measurement (e.g. on a machine "
+                                                                     "shared with other jobs)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--round-to", type=int, default=8,
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
     args = ap.parse_args(argv)
 
-    cfg, ckpt_path, baseline, ckpt, root = load_baseline(args.checkpoint, args.data, args.threads)
+    cfg, ckpt_path, baseline, ckpt, root = load_baseline(args.checkpoint, args.data, args.threads, args.set)
     size = baseline.config.input_size
     train_set = VOCDataset(root, "trainval", ckpt["classes"])
     test_set = VOCDataset(root, "test", ckpt["classes"])
@@ -123,6 +128,7 @@ def main(argv=None) -> int:
             name = f"{method}@{int(target * 100)}"
             print(f"== {name}", flush=True)
             t = time.perf_counter()
+            plan = None  # ours: the prune plan goes into the fine-tuned checkpoint (jetson-compress eval loads it)
             if method == "torch-pruning":
                 if ours_macs is None:
                     dec = plan_pruning(baseline, "l1", target, calib, round_to=args.round_to,
@@ -136,7 +142,7 @@ def main(argv=None) -> int:
                                    min_channels=args.round_to, **lat)
                 res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target, **lat},
                                      args.round_to, compensate_with=calib[:32] if "comp" in options else None)
-                pruned = res["model"]
+                pruned, plan = res["model"], res["plan"]
                 ours_macs = ours_macs or res["plan"]["achieved"]["macs"]
             t_prune = time.perf_counter() - t
             cost = count_flops_params(pruned, (1, 3, size, size))
@@ -146,21 +152,30 @@ def main(argv=None) -> int:
             if args.finetune_epochs > 0:
                 summ = train(pruned, train_set, out / "runs" / name.replace("@", "_"), ft_cfg, eval_set=test_set,
                              eval_cfg=cfg["eval"], resume=False, progress=False,
-                             teacher=baseline if args.distill > 0 else None)
+                             teacher=baseline if args.distill > 0 else None,
+                             checkpoint_extra={"prune_plan": plan} if plan else None)
                 ap_after = summ["ap50"]["overall"]
+                # A time budget is spent once, on the first variant; all others get the epochs it bought.
+                ft_cfg.update(epochs=summ["epochs"], time_budget_s=None)
             rows.append({"variant": name, "method": method, "target": target, "flops": cost.flops,
                          "params": cost.params, "ap50_before": ap_before, "ap50_after": ap_after,
-                         "seconds_prune": t_prune, "seconds_finetune": time.perf_counter() - t})
+                         "seconds_prune": t_prune, "seconds_finetune": time.perf_counter() - t,
+                         "finetune_epochs": ft_cfg["epochs"] if args.finetune_epochs > 0 else 0})
             models[name] = pruned
             print(json.dumps(rows[-1], default=float), flush=True)
 
-    time_variants(models, lambda m, path: export_detector(m, path, size), rows, size, args.warmup, args.latency_rounds,
-                  args.threads)
+    timed = args.latency_rounds > 0
+    if timed:
+        time_variants(models, lambda m, path: export_detector(m, path, size), rows, size, args.warmup,
+                      args.latency_rounds, args.threads)
     for r in rows:
         r["flop_ratio"] = base_cost.flops / r["flops"]
-        r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
+        if timed:
+            r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
-              "finetune_epochs": args.finetune_epochs, "distill_weight": args.distill,
+              "finetune_epochs": ft_cfg["epochs"] if args.finetune_epochs > 0 else 0,
+              "finetune_epochs_requested": args.finetune_epochs, "distill_weight": args.distill,
+              "finetune_device": str(resolve_device(ft_cfg.get("device"))), "overrides": args.set,
               "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
               "freeze_blocks": ft_cfg["freeze_blocks"],
               "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "rows": rows}
@@ -168,21 +183,27 @@ def main(argv=None) -> int:
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
              "speed-up / FLOP ratio | prune s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        lat = (f"{r['ort_cpu']['median_ms']:.2f} | {r['speedup']:.2f}x | {r['speedup_over_flop_ratio']:.2f}" if timed
+               else "not timed | | ")
         lines.append(f"| {r['variant']} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.3f} | {r['ap50_before']:.4f} | "
-                     f"{r['ap50_after']:.4f} | {r['ort_cpu']['median_ms']:.2f} | {r['speedup']:.2f}x | "
-                     f"{r['speedup_over_flop_ratio']:.2f} | {r['seconds_prune']:.1f} | {r['seconds_finetune']:.0f} |")
+                     f"{r['ap50_after']:.4f} | {lat} | {r['seconds_prune']:.1f} | {r['seconds_finetune']:.0f} |")
     env = result["environment"]
-    md = (f"# Channel pruning head-to-head\n\nBaseline `{ckpt_path.name}`, fine-tune {args.finetune_epochs} epochs for "
-          f"every method{f' (with {args.distill:g} x distillation from the baseline)' if args.distill else ''}, the first "
-          f"{result['freeze_blocks']} backbone blocks frozen in it, kept channels rounded to multiples of {args.round_to}. Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, "
-          f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, on {env['cpu']} "
+    timing = (f"Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, {args.latency_rounds} "
+              f"interleaved rounds after {args.warmup} warm-up runs" if timed else "Latency not measured")
+    md = (f"# Channel pruning head-to-head\n\nBaseline `{ckpt_path.name}`, fine-tune {result['finetune_epochs']} epochs "
+          f"on {result['finetune_device']} for every method"
+          f"{f' (with {args.distill:g} x distillation from the baseline)' if args.distill else ''}, the first "
+          f"{result['freeze_blocks']} backbone blocks frozen in it, kept channels rounded to multiples of "
+          f"{args.round_to}{'; overrides ' + ', '.join(args.set) if args.set else ''}. {timing}, on {env['cpu']} "
           f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
     atomic_write_bytes(out / "prune_compare.md", md.encode())
+
     def draw(ax):
         for method in ["baseline"] + args.methods:
             pts = [r for r in rows if r["method"] == method]
-            ax.plot([r["ort_cpu"]["median_ms"] for r in pts], [r["ap50_after"] for r in pts], "o-", label=method)
-        ax.set_xlabel("ONNX Runtime CPU latency, median (ms)")
+            ax.plot([r["ort_cpu"]["median_ms"] if timed else r["flops"] / 1e9 for r in pts],
+                    [r["ap50_after"] for r in pts], "o-", label=method)
+        ax.set_xlabel("ONNX Runtime CPU latency, median (ms)" if timed else "GFLOPs")
         ax.set_ylabel("person AP50 (VOC07) after fine-tune")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -46,7 +46,7 @@ def assign(
     """Index of the assigned ground-truth box for every point, -1 for background."""
     n, m = centres.shape[0], gt_boxes.shape[0]
     if m == 0:
-        return torch.full((n,), -1, dtype=torch.long)
+        return torch.full((n,), -1, dtype=torch.long, device=centres.device)
     x, y = centres[:, 0:1], centres[:, 1:2]
     l = x - gt_boxes[None, :, 0]
     t = y - gt_boxes[None, :, 1]
@@ -59,8 +59,8 @@ def assign(
     rad = strides[:, None] * radius
     in_centre = ((x - cx[None]).abs() < rad) & ((y - cy[None]).abs() < rad)
     max_d = ltrb.max(-1).values
-    lo = torch.tensor([r_[0] for r_ in ranges])[level_of_point][:, None]
-    hi = torch.tensor([r_[1] for r_ in ranges])[level_of_point][:, None]
+    lo = torch.tensor([r_[0] for r_ in ranges], device=centres.device)[level_of_point][:, None]
+    hi = torch.tensor([r_[1] for r_ in ranges], device=centres.device)[level_of_point][:, None]
     in_range = (max_d >= lo) & (max_d < hi)
     ok = inside & in_centre & in_range
     # A box that no grid point falls into (small, or between points) still gets one positive: the point of its
@@ -91,17 +91,18 @@ class DetectionLoss:
         self.beta = qfl_beta
         self._cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def _points(self, sizes: List[Tuple[int, int]]):
-        key = tuple(sizes)
+    def _points(self, sizes: List[Tuple[int, int]], device: torch.device):
+        key = (tuple(sizes), str(device))
         if key not in self._cache:
-            centres, strides = grid_points(sizes, self.strides)
-            levels = torch.cat([torch.full((h * w,), k, dtype=torch.long) for k, (h, w) in enumerate(sizes)])
+            centres, strides = grid_points(sizes, self.strides, device=device)
+            levels = torch.cat([torch.full((h * w,), k, dtype=torch.long, device=device)
+                                for k, (h, w) in enumerate(sizes)])
             self._cache[key] = (centres, strides, levels)
         return self._cache[key]
 
     def __call__(self, model: Detector, outs: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]]):
         logits, log_dist, sizes = model.flatten(outs)
-        centres, strides, levels = self._points(sizes)
+        centres, strides, levels = self._points(sizes, logits.device)
         bsz, n, c = logits.shape
         dist = torch.exp(log_dist.clamp(max=model.MAX_LOG_DISTANCE)) * strides[None, :, None]
         pred_boxes = torch.cat([centres[None] - dist[..., :2], centres[None] + dist[..., 2:]], -1)

@@ -79,6 +79,25 @@ class TrainSet(torch.utils.data.Dataset):
                 {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels.astype(np.int64))})
 
 
+def resolve_device(name: Optional[str]) -> torch.device:
+    """``train.device``: ``auto`` (default; CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    Asking for CUDA where torch sees none is an error, not a silent fall-back to the CPU."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but torch {torch.__version__} sees no CUDA device")
+    return dev
+
+
+def epochs_within_budget(seconds_per_epoch: float, seconds_left: float, done: int, epochs: int) -> int:
+    """Epochs in all when ``done`` are over and ``seconds_left`` remain at ``seconds_per_epoch``: at least ``done``,
+    at most ``epochs``."""
+    more = int(seconds_left // max(seconds_per_epoch, 1e-9)) if seconds_left > 0 else 0
+    return max(done, min(epochs, done + more))
+
+
 def collate(batch):
     images = torch.stack([b[0] for b in batch])
     return images, [b[1] for b in batch]
@@ -207,6 +226,15 @@ def train(
     workers = int(cfg.get("workers", 0))
     if workers > 0:
         loader_kwargs.update(num_workers=workers, persistent_workers=False)
+        # Workers are forked afresh every epoch (they must see the new epoch's seed): decode the images once here,
+        # so that every worker inherits them instead of decoding the whole set again each epoch.
+        for i in range(len(data)):
+            data.cache.get(i)
+    device = resolve_device(cfg.get("device"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+        loader_kwargs["pin_memory"] = True
+        model.to(device)
     frozen = freeze_early_blocks(model, int(cfg.get("freeze_blocks", 0)))
     # NOTE: channels_last makes CPU convolutions (depthwise ones above all) markedly faster in training.
     model.to(memory_format=torch.channels_last)
@@ -220,7 +248,7 @@ def train(
 
         w_kd = float(cfg.get("distill_weight", 1.0))
         # A private channels_last copy (faster on CPU); the caller's model is left as it was.
-        teacher = copy.deepcopy(teacher).eval().to(memory_format=torch.channels_last)
+        teacher = copy.deepcopy(teacher).eval().to(device, memory_format=torch.channels_last)
     ema = ModelEMA(model, float(cfg.get("ema_decay", 0.9995)), float(cfg.get("ema_tau", 300)))
     start_epoch = 0
     history: List[Dict[str, float]] = []
@@ -230,15 +258,20 @@ def train(
     if eval_set is not None:
         split_hashes[eval_set.split] = eval_set.split_sha256()
 
+    budget = cfg.get("time_budget_s")
+    epochs_requested = epochs
     if resume and last_path.is_file():
         ck = read_checkpoint(last_path)
         ts = ck.get("train_state") or {}
-        if ts.get("epochs") == epochs:
+        if ts.get("epochs_requested", ts.get("epochs")) == epochs:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
             opt.load_state_dict(ts["optimizer"])
             ema.ema.load_state_dict(ts["ema"])
             ema.updates = ts["ema_updates"]
             start_epoch = ts["epoch"] + 1
+            if ts["epochs"] != epochs:  # fitted to a time budget in the run being resumed
+                epochs, budget = ts["epochs"], None
+                total_steps = epochs * steps_per_epoch
             history = ts.get("history", [])
             torch.set_rng_state(ts["torch_rng"])
             gen.set_state(ts["loader_rng"])
@@ -254,7 +287,8 @@ def train(
 
         bar = tqdm(total=total_steps, initial=step, desc="train", unit="it", dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, epochs):
+        epoch = start_epoch
+        while epoch < epochs:
             data.epoch = epoch
             set_train_mode(model, frozen)
             loader = torch.utils.data.DataLoader(data, **loader_kwargs)
@@ -267,7 +301,9 @@ def train(
                 lr = lr_at(step, total_steps, warmup, float(cfg.get("lr", 2e-3)), float(cfg.get("min_lr_ratio", 0.05)))
                 for g in opt.param_groups:
                     g["lr"] = lr
-                images = images.contiguous(memory_format=torch.channels_last)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                if device.type != "cpu":
+                    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
                 outs = model.raw_outputs(images)
                 loss, parts = loss_fn(model, outs, targets)
                 if teacher is not None:
@@ -297,30 +333,45 @@ def train(
                     bar.update(1)
             dt = time.perf_counter() - t_epoch
             t_train += dt
+            if budget and epoch == start_epoch + 1:
+                # Fit the epochs to the budget, timed on the second epoch (the first also pays for start-up: CUDA
+                # kernels loaded, cuDNN's choice of algorithms). After two epochs the cosine has hardly begun,
+                # so the schedule simply becomes that of the shorter run.
+                fitted = epochs_within_budget(dt, float(budget) - history[-1]["seconds"] - dt, epoch + 1, epochs)
+                if fitted != epochs:
+                    log(f"time budget {float(budget):.0f} s at {dt:.1f} s per epoch: {fitted} epochs instead of {epochs}")
+                    epochs, total_steps = fitted, fitted * steps_per_epoch
+                    if bar is not None:
+                        bar.total = total_steps
+                        bar.refresh()
             rec = {k: v / max(n_batches, 1) for k, v in sums.items()}
             rec.update(epoch=epoch + 1, seconds=dt, images_per_second=n_batches * bs / max(dt, 1e-9))
             history.append(rec)
             if bar is None:
                 log(f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} {rec['images_per_second']:.1f} img/s")
             train_state = {
-                "epoch": epoch, "epochs": epochs, "optimizer": opt.state_dict(), "ema": ema.ema.state_dict(),
+                "epoch": epoch, "epochs": epochs, "epochs_requested": epochs_requested, "optimizer": opt.state_dict(),
+                "ema": ema.ema.state_dict(),
                 "ema_updates": ema.updates, "history": history, "torch_rng": torch.get_rng_state(),
                 "loader_rng": gen.get_state(),
             }
             save_checkpoint(last_path, model, classes, split_hashes=split_hashes, config=resolved_config,
                             train_state=train_state, extra=checkpoint_extra)
+            epoch += 1
     finally:
         if bar is not None:
             bar.close()
 
     final = ema.ema
     model.load_state_dict(final.state_dict())
-    model.to(memory_format=torch.contiguous_format)
+    model.to("cpu", memory_format=torch.contiguous_format)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
     summary: Dict[str, Any] = {
         "epochs": epochs,
+        "epochs_requested": epochs_requested,
+        "device": str(device),
         "history": history,
         "train_seconds_this_run": t_train,
         "images_per_second": images_seen / t_train if t_train > 0 else None,

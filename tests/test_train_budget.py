@@ -1,0 +1,86 @@
+"""Training on a time budget, the device choice, data-loader workers, the packed data copy for the GPU machine,
+and the deploy copy that benchmarks/gpu_latency.py times."""
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.gpu_pack_voc import pack
+from benchmarks.gpu_latency import deploy_copy
+from compress.train import epochs_within_budget, resolve_device
+from compress.voc import VOCDataset
+from tests.nets import random_detector, tiny_config
+from tests.test_train_cli import TINY, _run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_epochs_within_budget_hand_computed() -> None:
+    # 2 epochs done, 12 s left at 5 s per epoch: 2 more.
+    assert epochs_within_budget(5.0, 12.0, 2, 10) == 4
+    assert epochs_within_budget(5.0, 12.0, 2, 3) == 3  # never more than asked
+    assert epochs_within_budget(5.0, -3.0, 2, 10) == 2  # budget already spent: stop where it is
+    assert epochs_within_budget(5.0, 4.9, 2, 10) == 2
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(RuntimeError, match="sees no CUDA"):
+            resolve_device("cuda")
+
+
+def test_time_budget_fits_the_epochs_and_resume_keeps_them(voc_sample, tmp_path, monkeypatch) -> None:
+    # A clock that advances 5 s per reading: every epoch takes 5 s (train reads it once before and once after).
+    clock = iter(range(0, 10_000, 5))
+    monkeypatch.setattr("compress.train.time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    argv = ["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY, "--epochs", "6",
+            "--set", "train.time_budget_s=22", "--set", "train.workers=1"]
+    rc, _, stderr = _run(argv)
+    assert rc == 0, stderr
+    summary = json.loads((tmp_path / "r" / "train_summary.json").read_text())
+    # 2 epochs timed (10 s), 12 s left at 5 s each: 2 more, 4 in all.
+    assert (summary["epochs"], summary["epochs_requested"], len(summary["history"])) == (4, 6, 4)
+    assert summary["device"] == str(resolve_device("auto"))
+    # Resuming the finished run trains nothing more: it keeps the fitted 4 epochs.
+    rc, _, stderr = _run(argv)
+    assert rc == 0, stderr
+    again = json.loads((tmp_path / "r" / "train_summary.json").read_text())
+    assert (again["epochs"], len(again["history"]), again["train_seconds_this_run"]) == (4, 4, 0.0)
+
+
+def test_packed_copy_scales_images_and_boxes(voc_sample, tmp_path) -> None:
+    stats = pack(voc_sample, tmp_path / "VOCdevkit", max_side=200, quality=90)
+    assert stats["images"] == 13 and stats["downscaled"] == 13
+    for split in ("trainval", "test"):
+        orig = VOCDataset(voc_sample, split, ["person", "dog", "car"])
+        small = VOCDataset(tmp_path / "VOCdevkit", split, ["person", "dog", "car"])
+        assert small.split_sha256() == orig.split_sha256()
+        for a, b in zip(orig.annotations, small.annotations):
+            assert max(b.width, b.height) == 200
+            sx, sy = b.width / a.width, b.height / a.height
+            assert b.boxes == pytest.approx(a.boxes * [sx, sy, sx, sy], abs=0.01)
+            assert (b.labels == a.labels).all() and (b.difficult == a.difficult).all()
+
+
+def test_deploy_copy_matches_the_export_forward() -> None:
+    model, gen = random_detector(tiny_config(64))
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    fused = deploy_copy(model)
+    model.export_mode = True
+    with torch.no_grad():
+        boxes, scores = model(x)
+        fboxes, fscores = fused(x)
+    model.export_mode = False
+    assert fboxes.shape == boxes.shape == (2, 84, 4) and fscores.shape == scores.shape
+    assert torch.allclose(fboxes, boxes, atol=1e-3) and torch.allclose(fscores, scores, atol=1e-5)
+    # Folded: no BatchNorm left.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
