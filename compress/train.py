@@ -79,15 +79,23 @@ class TrainSet(torch.utils.data.Dataset):
                 {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels.astype(np.int64))})
 
 
+class DeviceError(ValueError):
+    """``train.device`` names a device that torch does not have."""
+
+
 def resolve_device(name: Optional[str]) -> torch.device:
     """``train.device``: ``auto`` (default; CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     Asking for CUDA where torch sees none is an error, not a silent fall-back to the CPU."""
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"train.device {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but torch {torch.__version__} sees no CUDA device")
+        raise DeviceError(f"train.device is {name!r} but torch {torch.__version__} sees no CUDA device "
+                          f"(--set train.device=cpu, or auto)")
     return dev
 
 

@@ -52,9 +52,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from compress.voc import DataError
         from compress.pruning import PlanError
         from jetson_compress.config import ConfigError
+        from compress.train import DeviceError
         from jetson_compress.stages import StageError
 
-        known = (DataError, CheckpointError, ConfigError, PlanError, FileNotFoundError, PermissionError)
+        known = (DataError, CheckpointError, ConfigError, PlanError, DeviceError, FileNotFoundError, PermissionError)
         if isinstance(exc, StageError):
             # A stage failed: say which, and the user-facing cause when it is one of ours.
             cause = exc.__cause__

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.gpu_pack_voc import pack
 from benchmarks.gpu_latency import deploy_copy
-from compress.train import epochs_within_budget, resolve_device
+from compress.train import DeviceError, epochs_within_budget, resolve_device
 from compress.voc import VOCDataset
 from tests.nets import random_detector, tiny_config
 from tests.test_train_cli import TINY, _run
@@ -34,8 +33,17 @@ def test_resolve_device() -> None:
         assert resolve_device("auto").type == "cuda"
     else:
         assert resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(RuntimeError, match="sees no CUDA"):
+        with pytest.raises(DeviceError, match="sees no CUDA"):
             resolve_device("cuda")
+    with pytest.raises(DeviceError, match="not a device"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_refuses_a_missing_device_with_exit_2(voc_sample, tmp_path) -> None:
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), *TINY,
+                          "--set", "train.device=cuda"])
+    assert rc == 2 and "train.device is 'cuda'" in stderr and "Traceback" not in stderr
 
 
 def test_time_budget_fits_the_epochs_and_resume_keeps_them(voc_sample, tmp_path, monkeypatch) -> None:
