@@ -1,0 +1,121 @@
+"""Ours against Torch-Pruning as the fine-tune budget grows: collects committed ``prune_compare.py`` results
+(JSON) and tabulates / plots AP50 after fine-tuning against the fine-tune epochs, per FLOPs target and method, every
+seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks
+and learning rate.
+
+    python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json
+
+No measurement of its own: it reads results, so it is as honest as the runs it is given (each row names its file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import save_plot  # noqa: E402
+from compress.checkpoint import atomic_write_bytes  # noqa: E402
+
+METHODS = ("richness+comp", "torch-pruning")
+
+
+def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7)) -> List[Dict[str, Any]]:
+    """One record per (file, method, target) of a comparable run: epochs, seed, AP50 after fine-tune."""
+    out = []
+    for path in paths:
+        d = json.loads(path.read_text())
+        if (d.get("round_to") != round_to or (d.get("distill_weight") or 0.0) != 0.0
+                or d.get("freeze_blocks") not in (None, 4) or d.get("finetune_lr") not in (None, 0.002)):
+            continue
+        base = next(r["ap50_after"] for r in d["rows"] if r["method"] == "baseline")
+        for r in d["rows"]:
+            if r["method"] in METHODS and r["target"] in targets and d.get("finetune_epochs", 0) > 0:
+                key = (r["method"], r["target"], d["finetune_epochs"], d.get("finetune_seed") or 0)
+                twin = next((o["file"] for o in out if (o["method"], o["target"], o["epochs"], o["seed"]) == key), None)
+                if twin:
+                    raise ValueError(f"{path}: {key} is also in {twin}; give each run once")
+                out.append({"file": str(path), "method": r["method"], "target": r["target"],
+                            "epochs": d["finetune_epochs"], "seed": d.get("finetune_seed") or 0,
+                            "ap50": r["ap50_after"], "baseline": base})
+    return out
+
+
+def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (target, epochs): each method's AP50 per seed and mean, and ours minus Torch-Pruning on the means."""
+    rows = []
+    for target, epochs in sorted({(r["target"], r["epochs"]) for r in records}):
+        row: Dict[str, Any] = {"target": target, "epochs": epochs}
+        for m in METHODS:
+            aps = {r["seed"]: r["ap50"] for r in records if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)}
+            row[m] = {"per_seed": aps, "mean": statistics.mean(aps.values()) if aps else None}
+        if all(row[m]["mean"] is not None for m in METHODS):
+            row["ours_minus_tp"] = row["richness+comp"]["mean"] - row["torch-pruning"]["mean"]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+", help="prune_compare JSON files")
+    ap.add_argument("--round-to", type=int, default=16)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare" / "finetune_budget"))
+    args = ap.parse_args(argv)
+    records = collect([Path(p) for p in args.results], args.round_to)
+    if not records:
+        print(f"no comparable run (round_to {args.round_to}, no distillation) among {len(args.results)} files",
+              file=sys.stderr)
+        return 1
+    rows = summarise(records)
+    baseline = statistics.mean(r["baseline"] for r in records)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(
+        {"round_to": args.round_to, "baseline_ap50": baseline, "rows": rows, "records": records}, indent=2).encode())
+
+    def cell(v: Dict[str, Any]) -> str:
+        if v["mean"] is None:
+            return "—"
+        seeds = " / ".join(f"{ap:.4f}" for _, ap in sorted(v["per_seed"].items()))
+        return f"{v['mean']:.4f} ({seeds})" if len(v["per_seed"]) > 1 else seeds
+
+    lines = ["| FLOPs cut | fine-tune epochs | richness + comp (seeds) | Torch-Pruning (seeds) | ours − TP (points) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        gap = f"{100 * r['ours_minus_tp']:+.1f}" if "ours_minus_tp" in r else "—"
+        lines.append(f"| −{int(r['target'] * 100)}% | {r['epochs']} | {cell(r['richness+comp'])} | "
+                     f"{cell(r['torch-pruning'])} | {gap} |")
+    md = (f"# Ours against Torch-Pruning by fine-tune budget\n\nAP50 (VOC07 11-point, original test images) after "
+          f"fine-tuning, channels rounded to {args.round_to}, no distillation; baseline {baseline:.4f}. From "
+          f"{len({r['file'] for r in records})} `prune_compare.py` result files (listed in `{out.name}.json`).\n\n"
+          + "\n".join(lines) + f"\n\n![AP50 by fine-tune epochs]({out.name}.png)\n")
+    atomic_write_bytes(out.with_suffix(".md"), md.encode())
+    targets = sorted({r["target"] for r in records})
+
+    def draw(axes):
+        for ax, target in zip(axes, targets):
+            for m, colour in zip(METHODS, ("tab:blue", "tab:orange")):
+                pts = [r for r in records if r["target"] == target and r["method"] == m]
+                ax.plot([r["epochs"] for r in pts], [r["ap50"] for r in pts], "o", color=colour, alpha=0.5)
+                means = [(r["epochs"], r[m]["mean"]) for r in rows if r["target"] == target and r[m]["mean"] is not None]
+                ax.plot([e for e, _ in means], [a for _, a in means], "-", color=colour, label=f"{m} (mean of seeds)")
+            ax.axhline(baseline, color="k", ls="--", lw=0.8, label="baseline")
+            ax.set_title(f"−{int(target * 100)}% FLOPs")
+            ax.set_xlabel("fine-tune epochs")
+            ax.set_ylabel("person AP50 after fine-tune")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+
+    save_plot(out.with_suffix(".png"), draw if len(targets) > 1 else (lambda ax: draw([ax])), figsize=(11, 4.5),
+              ncols=len(targets))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""benchmarks/finetune_budget.py on hand-made prune_compare results: filtering, per-seed means, the gap, twins."""
+import json
+
+import pytest
+
+from benchmarks.finetune_budget import collect, summarise
+
+
+def _result(path, epochs, seed, aps, **extra):
+    rows = [{"method": "baseline", "target": 0.0, "ap50_after": 0.60}]
+    rows += [{"method": m, "target": t, "ap50_after": ap} for (m, t), ap in aps.items()]
+    path.write_text(json.dumps({"round_to": 16, "finetune_epochs": epochs, "finetune_seed": seed, "rows": rows,
+                                **extra}))
+    return path
+
+
+def test_means_per_seed_and_gap(tmp_path):
+    files = [
+        _result(tmp_path / "a.json", 4, 0, {("richness+comp", 0.5): 0.58, ("torch-pruning", 0.5): 0.55}),
+        _result(tmp_path / "b.json", 4, 1, {("richness+comp", 0.5): 0.56, ("torch-pruning", 0.5): 0.54}),
+        _result(tmp_path / "c.json", 16, 0, {("torch-pruning", 0.7): 0.57}),
+        # Not comparable: distillation, another learning rate, another rounding.
+        _result(tmp_path / "d.json", 4, 2, {("richness+comp", 0.5): 0.99}, distill_weight=1.0),
+        _result(tmp_path / "e.json", 4, 3, {("richness+comp", 0.5): 0.99}, finetune_lr=0.0005),
+        _result(tmp_path / "f.json", 4, 4, {("richness+comp", 0.5): 0.99}, round_to=8),
+    ]
+    records = collect(files, 16)
+    assert len(records) == 5 and {r["file"] for r in records} == {str(f) for f in files[:3]}
+    rows = summarise(records)
+    assert [(r["target"], r["epochs"]) for r in rows] == [(0.5, 4), (0.7, 16)]
+    assert rows[0]["richness+comp"]["mean"] == pytest.approx(0.57)
+    assert rows[0]["torch-pruning"]["per_seed"] == {0: 0.55, 1: 0.54}
+    assert rows[0]["ours_minus_tp"] == pytest.approx(0.57 - 0.545)
+    assert rows[1]["richness+comp"]["mean"] is None and "ours_minus_tp" not in rows[1]
+
+
+def test_the_same_run_twice_is_refused(tmp_path):
+    a = _result(tmp_path / "a.json", 4, 0, {("richness+comp", 0.5): 0.58})
+    b = _result(tmp_path / "b.json", 4, 0, {("richness+comp", 0.5): 0.57})
+    with pytest.raises(ValueError, match="a.json"):
+        collect([a, b], 16)
