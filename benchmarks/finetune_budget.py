@@ -42,7 +42,7 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7)) -> List[Dict[s
                     raise ValueError(f"{path}: {key} is also in {twin}; give each run once")
                 out.append({"file": str(path), "method": r["method"], "target": r["target"],
                             "epochs": d["finetune_epochs"], "seed": d.get("finetune_seed") or 0,
-                            "ap50": r["ap50_after"], "baseline": base})
+                            "ap50": r["ap50_after"], "gflops": r["flops"] / 1e9, "baseline": base})
     return out
 
 
@@ -53,7 +53,9 @@ def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         row: Dict[str, Any] = {"target": target, "epochs": epochs}
         for m in METHODS:
             aps = {r["seed"]: r["ap50"] for r in records if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)}
-            row[m] = {"per_seed": aps, "mean": statistics.mean(aps.values()) if aps else None}
+            row[m] = {"per_seed": aps, "mean": statistics.mean(aps.values()) if aps else None,
+                      "gflops": sorted({round(r["gflops"], 3) for r in records
+                                        if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)})}
         if all(row[m]["mean"] is not None for m in METHODS):
             row["ours_minus_tp"] = row["richness+comp"]["mean"] - row["torch-pruning"]["mean"]
         rows.append(row)
@@ -84,12 +86,13 @@ def main(argv=None) -> int:
         seeds = " / ".join(f"{ap:.4f}" for _, ap in sorted(v["per_seed"].items()))
         return f"{v['mean']:.4f} ({seeds})" if len(v["per_seed"]) > 1 else seeds
 
-    lines = ["| FLOPs cut | fine-tune epochs | richness + comp (seeds) | Torch-Pruning (seeds) | ours − TP (points) |",
-             "|---|---|---|---|---|"]
+    lines = ["| FLOPs cut | fine-tune epochs | richness + comp (seeds) | Torch-Pruning (seeds) | ours − TP (points) | "
+             "GFLOPs ours / TP |", "|---|---|---|---|---|---|"]
     for r in rows:
         gap = f"{100 * r['ours_minus_tp']:+.1f}" if "ours_minus_tp" in r else "—"
         lines.append(f"| −{int(r['target'] * 100)}% | {r['epochs']} | {cell(r['richness+comp'])} | "
-                     f"{cell(r['torch-pruning'])} | {gap} |")
+                     f"{cell(r['torch-pruning'])} | {gap} | "
+                     + " / ".join(", ".join(f"{g:.3f}" for g in r[m]["gflops"]) or "—" for m in METHODS) + " |")
     md = (f"# Ours against Torch-Pruning by fine-tune budget\n\nAP50 (VOC07 11-point, original test images) after "
           f"fine-tuning, channels rounded to {args.round_to}, no distillation; baseline {baseline:.4f}. From "
           f"{len({r['file'] for r in records})} `prune_compare.py` result files (listed in `{out.name}.json`).\n\n"

@@ -7,8 +7,8 @@ from benchmarks.finetune_budget import collect, summarise
 
 
 def _result(path, epochs, seed, aps, **extra):
-    rows = [{"method": "baseline", "target": 0.0, "ap50_after": 0.60}]
-    rows += [{"method": m, "target": t, "ap50_after": ap} for (m, t), ap in aps.items()]
+    rows = [{"method": "baseline", "target": 0.0, "ap50_after": 0.60, "flops": 2e9}]
+    rows += [{"method": m, "target": t, "ap50_after": ap, "flops": 2e9 * (1 - t)} for (m, t), ap in aps.items()]
     path.write_text(json.dumps({"round_to": 16, "finetune_epochs": epochs, "finetune_seed": seed, "rows": rows,
                                 **extra}))
     return path
@@ -31,6 +31,7 @@ def test_means_per_seed_and_gap(tmp_path):
     assert rows[0]["richness+comp"]["mean"] == pytest.approx(0.57)
     assert rows[0]["torch-pruning"]["per_seed"] == {0: 0.55, 1: 0.54}
     assert rows[0]["ours_minus_tp"] == pytest.approx(0.57 - 0.545)
+    assert rows[0]["torch-pruning"]["gflops"] == [1.0] and rows[1]["torch-pruning"]["gflops"] == [0.6]
     assert rows[1]["richness+comp"]["mean"] is None and "ours_minus_tp" not in rows[1]
 
 
