@@ -7,7 +7,7 @@
 #   .whl/               torch_pruning-1.6.1-py3-none-any.whl (pip download --no-deps torch-pruning==1.6.1)
 # and $OUT set (what is written there comes back).
 #   bash benchmarks/gpu_session.sh latency   FP16 latency, alone on the GPU
-#   bash benchmarks/gpu_session.sh train     three trainings at once (one alone leaves the GPU mostly idle;
+#   bash benchmarks/gpu_session.sh train     three jobs at once (one alone leaves the GPU mostly idle;
 #                                                   16 CPU cores feed them)
 set -u
 W=/tmp/w
@@ -44,10 +44,22 @@ for T in 0.5 0.7; do
 done
 wait
 cd "$W"
-d=base_unfrozen_long; f=$d/final_fp16.pt; [ -f $f ] || f=$d/last.pt
-tar czf "$OUT/$d.tgz" $d.log $f $d/train_summary.json $d/*.yaml 2>/dev/null
+# A returned file may have 16 MiB: no last.pt (optimizer state), no progress-bar lines. If the run was stopped before
+# final_fp16.pt, its last EMA weights come back instead (fp16, the train history kept).
+for f in *.log; do tr '\r' '\n' < "$f" | grep -v "it/s" > "${f%.log}.txt"; done
+d=base_unfrozen_long; f=$d/final_fp16.pt
+if [ ! -f $f ]; then
+  f=$d/last_ema_fp16.pt
+  python3 -c "
+import torch, sys
+ck = torch.load(sys.argv[1], map_location='cpu', weights_only=False); ts = ck['train_state']
+ck['state_dict'] = {k: v.half() if v.is_floating_point() else v for k, v in ts['ema'].items()}
+ck['train_state'] = {'epoch': ts['epoch'], 'epochs': ts['epochs'], 'history': ts['history']}
+torch.save(ck, sys.argv[2])" $d/last.pt $f
+fi
+tar czf "$OUT/$d.tgz" $d.txt $f $d/train_summary.json $d/*.yaml 2>/dev/null
 for T in 0.5 0.7; do
-  tar czf "$OUT/pc_$T.tgz" pc_$T.log pc_$T/prune_compare.* pc_$T/runs/*/final.pt pc_$T/runs/*/train_summary.json 2>/dev/null
+  tar czf "$OUT/pc_$T.tgz" pc_$T.txt pc_$T/prune_compare.* pc_$T/runs/*/final.pt pc_$T/runs/*/train_summary.json 2>/dev/null
 done
-for f in *.log; do echo "== $f"; grep -v "it/s" "$f" | tail -5; done
+for f in *.txt; do echo "== $f"; tail -5 "$f"; done
 ls -la "$OUT"
