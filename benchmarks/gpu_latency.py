@@ -111,13 +111,11 @@ def main(argv=None) -> int:
     size = baseline.config.input_size
     calib = calibration_batch(VOCDataset(root, "trainval", ckpt["classes"]), size, 64)
     models = build_variants(baseline, calib, args.targets, args.round_to)
-    base_flops = count_flops_params(baseline, (1, 3, size, size)).flops
-    rows = []
-    for name, m in models.items():
+    rows, ready = [], {}
+    for name, m in models.items():  # the baseline first
         cost = count_flops_params(m, (1, 3, size, size))
-        rows.append({"variant": name, "flops": cost.flops, "params": cost.params, "flop_ratio": base_flops / cost.flops})
-    ready = {}
-    for name, m in models.items():
+        rows.append({"variant": name, "flops": cost.flops, "params": cost.params,
+                     "flop_ratio": (rows[0]["flops"] if rows else cost.flops) / cost.flops})
         ready[name] = deploy_copy(m).to("cuda", dtype=torch.float16, memory_format=torch.channels_last)
     t = time.perf_counter()
     for batch in args.batches:

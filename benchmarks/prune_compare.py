@@ -160,7 +160,7 @@ def main(argv=None) -> int:
             rows.append({"variant": name, "method": method, "target": target, "flops": cost.flops,
                          "params": cost.params, "ap50_before": ap_before, "ap50_after": ap_after,
                          "seconds_prune": t_prune, "seconds_finetune": time.perf_counter() - t,
-                         "finetune_epochs": ft_cfg["epochs"] if args.finetune_epochs > 0 else 0})
+                         "finetune_epochs": ft_cfg["epochs"]})
             models[name] = pruned
             print(json.dumps(rows[-1], default=float), flush=True)
 
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         if timed:
             r["speedup_over_flop_ratio"] = r["speedup"] / r["flop_ratio"]
     result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path),
-              "finetune_epochs": ft_cfg["epochs"] if args.finetune_epochs > 0 else 0,
+              "finetune_epochs": ft_cfg["epochs"],
               "finetune_epochs_requested": args.finetune_epochs, "distill_weight": args.distill,
               "finetune_device": str(resolve_device(ft_cfg.get("device"))), "overrides": args.set,
               "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
