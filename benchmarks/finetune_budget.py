@@ -1,7 +1,8 @@
 """Ours against Torch-Pruning as the fine-tune budget grows: collects committed ``prune_compare.py`` results
 (JSON) and tabulates / plots AP50 after fine-tuning against the fine-tune epochs, per FLOPs target and method, every
 seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks
-and learning rate.
+and learning rate, our allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the
+rounding).
 
     python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json
 
@@ -31,7 +32,8 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7)) -> List[Dict[s
     for path in paths:
         d = json.loads(path.read_text())
         if (d.get("round_to") != round_to or (d.get("distill_weight") or 0.0) != 0.0
-                or d.get("freeze_blocks") not in (None, 4) or d.get("finetune_lr") not in (None, 0.002)):
+                or d.get("freeze_blocks") not in (None, 4) or d.get("finetune_lr") not in (None, 0.002)
+                or d.get("keep_whole") or d.get("min_channels", round_to) != round_to):
             continue
         base = next(r["ap50_after"] for r in d["rows"] if r["method"] == "baseline")
         for r in d["rows"]:

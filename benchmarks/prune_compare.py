@@ -100,9 +100,16 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-tilt", type=float, default=0.5, metavar="BETA",
                     help="latency tilt of the '+lat' methods (keep ratio x (seconds per MAC / median) ** -BETA)")
     ap.add_argument("--latency-model", default="ort-cpu", help="latency model of the '+lat' methods")
+    ap.add_argument("--min-channels", type=int, metavar="N",
+                    help="our methods: no channel group cut below N channels (default: --round-to); Torch-Pruning "
+                         "has no such floor")
+    ap.add_argument("--keep-whole", nargs="+", default=[], metavar="CONV",
+                    help="our methods: the channel groups these convolutions open keep every channel (e.g. "
+                         "backbone.features.2.conv.2, the stride-4 residual stream); Torch-Pruning is unchanged")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
     args = ap.parse_args(argv)
 
+    min_ch = args.min_channels or args.round_to
     cfg, ckpt_path, baseline, ckpt, root = load_baseline(args.checkpoint, args.data, args.threads, args.set)
     size = baseline.config.input_size
     train_set = VOCDataset(root, "trainval", ckpt["classes"])
@@ -132,15 +139,18 @@ def main(argv=None) -> int:
             if method == "torch-pruning":
                 if ours_macs is None:
                     dec = plan_pruning(baseline, "l1", target, calib, round_to=args.round_to,
-                                       min_channels=args.round_to)
+                                       min_channels=min_ch)
                     ours_macs = dec["allocation"]["macs"]
                 pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size, round_to=args.round_to)
             else:
                 base_method, *options = method.split("+")
                 lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}
                 dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
-                                   min_channels=args.round_to, **lat)
-                res = prune_detector(baseline, dec, base_method, {"kind": "flops", "reduction": target, **lat},
+                                   min_channels=min_ch, keep_whole=args.keep_whole, **lat)
+                tgt = {"kind": "flops", "reduction": target, **lat}
+                if args.keep_whole:
+                    tgt["keep_whole"] = args.keep_whole
+                res = prune_detector(baseline, dec, base_method, tgt,
                                      args.round_to, compensate_with=calib[:32] if "comp" in options else None)
                 pruned, plan = res["model"], res["plan"]
                 ours_macs = ours_macs or res["plan"]["achieved"]["macs"]
@@ -178,7 +188,9 @@ def main(argv=None) -> int:
               "finetune_device": str(resolve_device(ft_cfg.get("device"))), "overrides": args.set,
               "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
               "freeze_blocks": ft_cfg["freeze_blocks"],
-              "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "rows": rows}
+              "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "keep_whole": args.keep_whole,
+              "min_channels": min_ch,
+              "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
     lines = ["| variant | FLOPs (G) | params (M) | AP50 before FT | AP50 after FT | ORT CPU median (ms) | speed-up | "
              "speed-up / FLOP ratio | prune s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -194,7 +206,9 @@ def main(argv=None) -> int:
           f"on {result['finetune_device']} for every method"
           f"{f' (with {args.distill:g} x distillation from the baseline)' if args.distill else ''}, the first "
           f"{result['freeze_blocks']} backbone blocks frozen in it, kept channels rounded to multiples of "
-          f"{args.round_to}{'; overrides ' + ', '.join(args.set) if args.set else ''}. {timing}, on {env['cpu']} "
+          f"{args.round_to}{f', ours never below {min_ch}' if min_ch != args.round_to else ''}"
+          f"{'; ours keep whole the groups of ' + ', '.join(args.keep_whole) if args.keep_whole else ''}"
+          f"{'; overrides ' + ', '.join(args.set) if args.set else ''}. {timing}, on {env['cpu']} "
           f"({env['platform']}).\n\n" + "\n".join(lines) + "\n\n![AP50 against latency](prune_compare.png)\n")
     atomic_write_bytes(out / "prune_compare.md", md.encode())
 

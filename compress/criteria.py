@@ -323,13 +323,16 @@ def allocate(
     offset: float = 0.5,
     latency_model: Optional[LatencyModel] = None,
     latency_tilt: float = 0.0,
+    keep_whole: Iterable[int] = (),
 ) -> Tuple[Dict[int, int], Dict[str, float]]:
     """Kept channel count per prunable group meeting ``cost <= (1 - target_reduction) * baseline``; the cost is
     MACs (``target_kind="flops"``), parameters (``"params"``) or ``latency_model``'s modelled latency (``"latency"``).
 
     ``latency_tilt`` (beta, richness/entropy only) makes the allocation latency-aware: each group's keep ratio is
     multiplied by ``(rho_g / median rho) ** -beta``, rho_g being the modelled seconds saved per MAC saved by cutting
-    the group (:func:`latency_per_mac`), so that under the same budget the cuts go where they buy the most time."""
+    the group (:func:`latency_per_mac`), so that under the same budget the cuts go where they buy the most time.
+
+    Groups in ``keep_whole`` keep all their channels; the budget is met by the others."""
     if not 0.0 < target_reduction < 1.0:
         raise ValueError(f"target reduction must be in (0, 1), got {target_reduction}")
     if target_kind not in ("flops", "params", "latency"):
@@ -381,8 +384,14 @@ def allocate(
     else:
         raise ValueError(f"unknown allocation method {method!r}")
 
+    whole = set(keep_whole)
+    unknown = whole - set(sizes)
+    if unknown:
+        raise ValueError(f"keep_whole names groups that are not prunable: {sorted(unknown)}")
+
     def counts_for(s: float) -> Dict[int, int]:
-        return {gid: round_channels(n, sizes[gid], round_to, min_channels) for gid, n in wanted_for(s).items()}
+        return {gid: sizes[gid] if gid in whole else round_channels(n, sizes[gid], round_to, min_channels)
+                for gid, n in wanted_for(s).items()}
 
     scale, counts = bisect_scale(counts_for, cost, budget, 0.0, hi)
     counts = fill_budget(counts, wanted_for(scale), sizes, round_to, cost, budget)

@@ -14,7 +14,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from compress.checkpoint import atomic_write_bytes, save_checkpoint
 from compress.compensation import compensate
 from compress.criteria import (LATENCY_MODELS, activation_entropy, allocate, bn_gamma, channel_activations,
                                filter_l1, layer_richness, select_channels)
-from compress.depgraph import build_dependency_graph
+from compress.depgraph import DependencyGraph, build_dependency_graph
 from compress.detector import Detector
 from compress.flops import count_flops_params
 from compress.pruning import make_plan, prune_groups, save_plan
@@ -45,6 +45,17 @@ def calibration_batch(dataset: VOCDataset, size: int, n: int, seed: int = 0) -> 
     return torch.from_numpy(np.stack(arrs))
 
 
+def groups_of(dg: DependencyGraph, names: Sequence[str]) -> List[int]:
+    """The prunable channel groups that the convolutions ``names`` open (as producers); an unknown or unprunable
+    name is an error that lists what can be named."""
+    by_producer = {p: g.gid for g in dg.prunable_groups() for p in g.producers}
+    bad = [n for n in names if n not in by_producer]
+    if bad:
+        raise ValueError(f"not the producer of a prunable channel group: {bad}; prunable producers: "
+                         f"{sorted(by_producer)}")
+    return sorted({by_producer[n] for n in names})
+
+
 def plan_pruning(
     model: Detector,
     method: str,
@@ -57,10 +68,12 @@ def plan_pruning(
     channel_criterion: str = "l1",
     latency_model: Optional[str] = None,
     latency_tilt: float = 0.0,
+    keep_whole: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Decide what to keep. Returns dg, keep (group -> indices), allocation info and per-group diagnostics.
     ``latency_model`` (a key of :data:`compress.criteria.LATENCY_MODELS`) serves a ``"latency"`` target and the
-    latency-aware ``latency_tilt`` of the richness allocation."""
+    latency-aware ``latency_tilt`` of the richness allocation. ``keep_whole``: module names (convolutions) whose
+    channel groups keep every channel; the target is met by cutting the others."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS}")
     size = model.config.input_size
@@ -79,8 +92,9 @@ def plan_pruning(
     alloc_method = {"l1": "uniform", "bn": "bn", "richness": "richness", "entropy": "entropy"}[method]
     if latency_model is not None and latency_model not in LATENCY_MODELS:
         raise ValueError(f"unknown latency model {latency_model!r}; choose from {sorted(LATENCY_MODELS)}")
+    whole = groups_of(dg, keep_whole)
     counts, info = allocate(dg, modules, alloc_method, target_reduction, target_kind, round_to, min_channels,
-                            richness=richness, bn_scores=bn_scores, latency_tilt=latency_tilt,
+                            richness=richness, bn_scores=bn_scores, latency_tilt=latency_tilt, keep_whole=whole,
                             latency_model=LATENCY_MODELS[latency_model] if latency_model else None)
     if method == "bn":
         scores = bn_scores
@@ -253,6 +267,7 @@ def run_prune(
     baseline_ap: Optional[Dict[str, float]] = None,
     latency_model: Optional[str] = None,
     latency_tilt: float = 0.0,
+    keep_whole: Sequence[str] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
     finetune: str = "plain",
@@ -275,6 +290,10 @@ def run_prune(
         latency_model = "ort-cpu"
     if method in LAYER_METHODS and (target_kind != "flops" or compensate_flag):
         raise ValueError(f"--method {method} supports a FLOPs target only and no --compensate")
+    if keep_whole:
+        if method in LAYER_METHODS:
+            raise ValueError(f"--method {method} takes no --keep-whole (channel methods only)")
+        groups_of(build_dependency_graph(model.eval(), model.config.input_size), keep_whole)  # names checked first
     from compress.inference import evaluate_model, summary_ap
 
     out_dir = Path(out_dir)
@@ -324,12 +343,14 @@ def run_prune(
     else:
         t = time.perf_counter()
         decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha,
-                                latency_model=latency_model, latency_tilt=latency_tilt)
+                                latency_model=latency_model, latency_tilt=latency_tilt, keep_whole=keep_whole)
         timings["analyse"] = time.perf_counter() - t
         t = time.perf_counter()
         target = {"kind": target_kind, "reduction": target_reduction}
         if target_kind == "latency" or latency_tilt:
             target.update(latency_model=latency_model, latency_tilt=latency_tilt)
+        if keep_whole:
+            target["keep_whole"] = list(keep_whole)
         if "modelled_latency_reduction" in decision["allocation"]:
             metrics["modelled_latency_reduction"] = decision["allocation"]["modelled_latency_reduction"]
         result = prune_detector(model, decision, method, target, round_to,

@@ -100,7 +100,7 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     # 2. prune + compensate + fine-tune ----------------------------------------------------------------------------
     prune_settings = {k: b[k] for k in ("method", "target_flops", "compensate", "finetune", "finetune_epochs",
                                         "finetune_seconds", "round_to", "calibration_images", "layer_share",
-                                        "latency_tilt", "latency_model")}
+                                        "latency_tilt", "latency_model", "keep_whole")}
     prune_settings["train"] = cfg["train"]
 
     def prune_stage(work: Path):
@@ -116,6 +116,7 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
                   train_cfg=cfg["train"], eval_cfg=cfg["eval"], resolved_config=cfg,
                   calibration_images=int(b["calibration_images"]), log=log,
                   latency_model=str(b["latency_model"]), latency_tilt=float(b["latency_tilt"]),
+                  keep_whole=[str(n) for n in b["keep_whole"]],
                   layer_options={"layer_share": float(b["layer_share"])} if b["method"].startswith("layer") else None)
         shutil.rmtree(work / "finetune", ignore_errors=True)
     rec = runner.run("prune", {"baseline": baseline_ckpt}, prune_settings, prune_stage)

@@ -23,11 +23,17 @@ def test_means_per_seed_and_gap(tmp_path):
         _result(tmp_path / "d.json", 4, 2, {("richness+comp", 0.5): 0.99}, distill_weight=1.0),
         _result(tmp_path / "e.json", 4, 3, {("richness+comp", 0.5): 0.99}, finetune_lr=0.0005),
         _result(tmp_path / "f.json", 4, 4, {("richness+comp", 0.5): 0.99}, round_to=8),
+        # Not comparable: structural options of our allocation.
+        _result(tmp_path / "g.json", 4, 5, {("richness+comp", 0.5): 0.99}, keep_whole=["backbone.features.2.conv.2"]),
+        _result(tmp_path / "h.json", 4, 6, {("richness+comp", 0.5): 0.99}, min_channels=32),
+        # Comparable: the options recorded at their defaults.
+        _result(tmp_path / "i.json", 4, 7, {("richness+comp", 0.7): 0.50}, keep_whole=[], min_channels=16),
     ]
     records = collect(files, 16)
-    assert len(records) == 5 and {r["file"] for r in records} == {str(f) for f in files[:3]}
+    assert len(records) == 6 and {r["file"] for r in records} == {str(f) for f in files[:3] + files[-1:]}
     rows = summarise(records)
-    assert [(r["target"], r["epochs"]) for r in rows] == [(0.5, 4), (0.7, 16)]
+    assert [(r["target"], r["epochs"]) for r in rows] == [(0.5, 4), (0.7, 4), (0.7, 16)]
+    del rows[1]
     assert rows[0]["richness+comp"]["mean"] == pytest.approx(0.57)
     assert rows[0]["torch-pruning"]["per_seed"] == {0: 0.55, 1: 0.54}
     assert rows[0]["ours_minus_tp"] == pytest.approx(0.57 - 0.545)

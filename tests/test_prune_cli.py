@@ -76,6 +76,25 @@ def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, t
     assert '"modelled_latency_reduction"' in stdout
 
 
+def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_checkpoint):
+    out = tmp_path / "pruned"
+    stream = "backbone.features.2.conv.2"
+    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                       "--target-flops", "0.6", "--calibration-images", "6", "--no-eval", "--keep-whole", stream,
+                       "--out", str(out)])
+    assert rc == 0, err
+    plan = load_plan(out / "plan.json")
+    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream]}
+    assert plan["layers"][stream]["keep_out"] is None  # every channel of the stream kept
+    assert plan["layers"]["backbone.features.3.conv.2"]["keep_out"] is None  # its residual partner too
+    assert 0.6 <= json.loads((out / "metrics.json").read_text())["flops_reduction"] < 0.7
+    # without the option the same target cuts that stream
+    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                       "--target-flops", "0.6", "--calibration-images", "6", "--no-eval", "--out", str(tmp_path / "b")])
+    assert rc == 0, err
+    assert load_plan(tmp_path / "b" / "plan.json")["layers"][stream]["keep_out"] is not None
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--target-flops", "0.5", "--method", "l1", "--latency-tilt", "1"], "--latency-tilt applies to"),
     (["--target-flops", "0.5", "--latency-tilt", "-1"], "must be >= 0"),
@@ -83,6 +102,8 @@ def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, t
     (["--target-flops", "1.5"], "strictly between 0 and 1"),
     (["--target-flops", "0"], "strictly between 0 and 1"),
     (["--target-params", "-0.2"], "strictly between 0 and 1"),
+    (["--keep-whole", "backbone.features.2.conv"], "--keep-whole: not the producer of a prunable channel group"),
+    (["--method", "layer", "--keep-whole", "backbone.features.2.conv.2"], "--keep-whole applies to the channel"),
 ])
 def test_prune_impossible_targets(tmp_path, voc_sample, tiny_checkpoint, argv, needle):
     rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),

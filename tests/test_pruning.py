@@ -121,6 +121,29 @@ def test_allocation_rounded_to_16_lands_on_the_target():
             assert all(c % 16 == 0 or c == sizes[g] for g, c in counts.items())
 
 
+def test_keep_whole_groups_keep_every_channel_and_the_rest_meet_the_target():
+    from compress.prune_pipeline import groups_of
+
+    model = Detector(DetectorConfig()).eval()
+    dg = build_dependency_graph(model, 320)
+    mods = dict(model.named_modules())
+    whole = groups_of(dg, ["backbone.features.2.conv.2", "backbone.features.4.conv.2"])
+    sizes = {g.gid: g.size for g in dg.prunable_groups()}
+    assert [sizes[g] for g in whole] == [24, 32]  # the stride-4 and stride-8 residual streams
+    free, _ = allocate(dg, mods, "uniform", 0.7, round_to=16, min_channels=16)
+    assert [free[g] for g in whole] == [16, 16]  # without the option both are cut by a third / a half
+    counts, info = allocate(dg, mods, "uniform", 0.7, round_to=16, min_channels=16, keep_whole=whole)
+    assert [counts[g] for g in whole] == [24, 32]
+    assert 0.7 <= info["flops_reduction"] < 0.705
+    # the others pay for it: none grows, some shrink
+    others = [g for g in sizes if g not in whole]
+    assert all(counts[g] <= free[g] for g in others) and any(counts[g] < free[g] for g in others)
+    with pytest.raises(ValueError, match="not the producer of a prunable channel group.*backbone.features.2.conv"):
+        groups_of(dg, ["backbone.features.2.conv"])
+    with pytest.raises(ValueError, match="not prunable"):
+        allocate(dg, mods, "uniform", 0.7, keep_whole=[10 ** 6])
+
+
 def test_fill_budget_hand_case():
     # cost = total channels, budget 80; rounding left {0: 32, 1: 16} against the wish {0: 40, 1: 20}.
     # Step 1: group 0 is furthest below its wish (-8/64 vs -4/64) -> 48 (cost 64). Step 2: group 1 (-4/64 vs

@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument("--latency-model", choices=sorted(LATENCY_MODEL_NAMES), default="ort-cpu",
                    help="latency model of --target-latency and --latency-tilt (ort-cpu: fitted on ONNX Runtime here; "
                         "jetson-nano-fp16: datasheet peaks, not measured)")
+    p.add_argument("--keep-whole", nargs="+", default=[], metavar="CONV",
+                   help="channel methods: the channel groups these convolutions open keep every channel and the "
+                        "target is met by the others (e.g. backbone.features.2.conv.2 backbone.features.4.conv.2, the "
+                        "stride-4 and stride-8 residual streams); a name that opens no prunable group is an error "
+                        "that lists the ones that do")
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
@@ -78,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     layer_method = args.method.startswith("layer")
     if layer_method and (kind != "flops" or args.compensate):
         raise UserError(f"--method {args.method}: only a FLOPs target (--target-flops) and no --compensate")
+    if args.keep_whole and layer_method:
+        raise UserError(f"--keep-whole applies to the channel methods, not --method {args.method}")
     if args.latency_tilt < 0:
         raise UserError(f"--latency-tilt {args.latency_tilt}: must be >= 0")
     if args.latency_tilt and args.method not in ("richness", "entropy"):
@@ -95,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
     if ckpt.get("prune_plan"):
         raise UserError(f"{ckpt_path}: already a pruned checkpoint; prune the dense baseline instead")
     ckpt["_sha256"] = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    if args.keep_whole:
+        from compress.depgraph import build_dependency_graph
+        from compress.prune_pipeline import groups_of
+
+        try:
+            groups_of(build_dependency_graph(model.eval(), model.config.input_size), args.keep_whole)
+        except ValueError as exc:
+            raise UserError(f"--keep-whole: {exc}") from None
     if not args.classes:
         cfg["data"]["classes"] = list(ckpt["classes"])
     train_set = open_split(cfg, cfg["data"]["train_split"])
@@ -111,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                     eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
                     sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
                     baseline_ap=baseline_ap, latency_model=args.latency_model, latency_tilt=args.latency_tilt,
-                    finetune=args.finetune, finetune_seconds=args.finetune_seconds,
+                    keep_whole=args.keep_whole, finetune=args.finetune, finetune_seconds=args.finetune_seconds,
                     retrain_options={"graft_every": args.graft_every, "round_to": args.round_to,
                                      "min_channels": args.min_channels},
                     layer_options={"layer_share": args.layer_share, "layer_lambda": args.layer_lambda,
