@@ -8,7 +8,8 @@ interleaved round by round, median of the repeats after warm-up.
     python benchmarks/prune_compare.py --data ../shared/data/pedestrians/VOCdevkit --finetune-epochs 5
 
 Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; ``+lat``: the latency-aware
-allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model), ``l1`` (uniform L1),
+allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``: the backbone's residual streams at
+strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone), ``l1`` (uniform L1),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``). Results: JSON, Markdown table and a plot of AP50
 against latency in ``benchmarks/results/``.
@@ -32,13 +33,14 @@ from benchmarks.common import environment, export_detector, load_baseline, save_
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.flops import count_flops_params  # noqa: E402
 from compress.inference import evaluate_model, summary_ap  # noqa: E402
-from compress.prune_pipeline import calibration_batch, plan_pruning, prune_detector  # noqa: E402
+from compress.prune_pipeline import calibration_batch, expand_keep_whole, plan_pruning, prune_detector  # noqa: E402
 from compress.train import resolve_device, train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
-METHODS = ["richness", "richness+comp", "richness+lat", "richness+comp+lat", "entropy", "entropy+comp", "l1", "bn",
-           "torch-pruning"]
-DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy")]  # entropy (M1's alpha = 1): on request
+METHODS = ["richness", "richness+comp", "richness+comp+streams", "richness+lat", "richness+comp+lat", "entropy",
+           "entropy+comp", "l1", "bn", "torch-pruning"]
+# entropy (M1's alpha = 1) and the '+streams' structure: on request
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m]
 
 
 def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8):
@@ -145,11 +147,12 @@ def main(argv=None) -> int:
             else:
                 base_method, *options = method.split("+")
                 lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}
+                whole = expand_keep_whole(baseline, args.keep_whole + (["fine-streams"] if "streams" in options else []))
                 dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
-                                   min_channels=min_ch, keep_whole=args.keep_whole, **lat)
+                                   min_channels=min_ch, keep_whole=whole, **lat)
                 tgt = {"kind": "flops", "reduction": target, **lat}
-                if args.keep_whole:
-                    tgt["keep_whole"] = args.keep_whole
+                if whole:
+                    tgt["keep_whole"] = whole
                 res = prune_detector(baseline, dec, base_method, tgt,
                                      args.round_to, compensate_with=calib[:32] if "comp" in options else None)
                 pruned, plan = res["model"], res["plan"]

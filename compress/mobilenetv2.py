@@ -58,6 +58,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = int(round(cin * expand_ratio))
         self.use_res_connect = stride == 1 and cin == cout
+        self.stride = stride
         layers: List[nn.Module] = []
         if expand_ratio != 1:
             layers.append(ConvBNAct(cin, hidden, kernel=1))
@@ -103,6 +104,24 @@ class MobileNetV2Features(nn.Module):
         self.features = nn.Sequential(*features)
         self.width_mult = width_mult
         self.out_channels = [self.block_channels[self.STRIDE_TAPS[s]] for s in (8, 16, 32)]
+
+    def residual_streams(self, max_stride: int = 8) -> List[str]:
+        """Names (under this trunk) of the projection convolutions that open a residual stream -- a stage's first
+        block, whose output later blocks add to -- at output strides up to ``max_stride``. Each names one coupled
+        channel group of the pruning graph: the thin linear bottleneck that carries the stage's features (24 and 32
+        channels at strides 4 and 8 for width 1.0), the only path for fine detail to the stride-8 head."""
+        names, stride = [], 2  # the stem halves the input
+        blocks = list(self.features)
+        for i in range(1, len(blocks)):
+            block = blocks[i]
+            if not isinstance(block, InvertedResidual):
+                continue
+            stride *= block.stride
+            opens = (not block.use_res_connect and i + 1 < len(blocks)
+                     and getattr(blocks[i + 1], "use_res_connect", False))
+            if opens and stride <= max_stride:
+                names.append(f"features.{i}.conv.{len(block.conv) - 2}")
+        return names
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         outs = []

@@ -45,6 +45,21 @@ def calibration_batch(dataset: VOCDataset, size: int, n: int, seed: int = 0) -> 
     return torch.from_numpy(np.stack(arrs))
 
 
+FINE_STREAMS = "fine-streams"
+
+
+def expand_keep_whole(model: Detector, names: Sequence[str]) -> List[str]:
+    """``names`` with the alias ``fine-streams`` replaced by the backbone's residual streams at strides 4 and 8
+    (:meth:`MobileNetV2Features.residual_streams`: ``backbone.features.2.conv.2`` and ``backbone.features.4.conv.2``);
+    order kept, duplicates dropped."""
+    out: List[str] = []
+    for n in names:
+        for m in (["backbone." + s for s in model.backbone.residual_streams(8)] if n == FINE_STREAMS else [n]):
+            if m not in out:
+                out.append(m)
+    return out
+
+
 def groups_of(dg: DependencyGraph, names: Sequence[str]) -> List[int]:
     """The prunable channel groups that the convolutions ``names`` open (as producers); an unknown or unprunable
     name is an error that lists what can be named."""
@@ -73,7 +88,8 @@ def plan_pruning(
     """Decide what to keep. Returns dg, keep (group -> indices), allocation info and per-group diagnostics.
     ``latency_model`` (a key of :data:`compress.criteria.LATENCY_MODELS`) serves a ``"latency"`` target and the
     latency-aware ``latency_tilt`` of the richness allocation. ``keep_whole``: module names (convolutions) whose
-    channel groups keep every channel; the target is met by cutting the others."""
+    channel groups keep every channel, or ``fine-streams`` (:func:`expand_keep_whole`); the target is met by cutting
+    the others."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS}")
     size = model.config.input_size
@@ -92,7 +108,7 @@ def plan_pruning(
     alloc_method = {"l1": "uniform", "bn": "bn", "richness": "richness", "entropy": "entropy"}[method]
     if latency_model is not None and latency_model not in LATENCY_MODELS:
         raise ValueError(f"unknown latency model {latency_model!r}; choose from {sorted(LATENCY_MODELS)}")
-    whole = groups_of(dg, keep_whole)
+    whole = groups_of(dg, expand_keep_whole(model, keep_whole))
     counts, info = allocate(dg, modules, alloc_method, target_reduction, target_kind, round_to, min_channels,
                             richness=richness, bn_scores=bn_scores, latency_tilt=latency_tilt, keep_whole=whole,
                             latency_model=LATENCY_MODELS[latency_model] if latency_model else None)
@@ -293,6 +309,7 @@ def run_prune(
     if keep_whole:
         if method in LAYER_METHODS:
             raise ValueError(f"--method {method} takes no --keep-whole (channel methods only)")
+        keep_whole = expand_keep_whole(model, keep_whole)
         groups_of(build_dependency_graph(model.eval(), model.config.input_size), keep_whole)  # names checked first
     from compress.inference import evaluate_model, summary_ap
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks.finetune_budget import collect, summarise
+from benchmarks.finetune_budget import FINE_STREAMS, collect, summarise
 
 
 def _result(path, epochs, seed, aps, **extra):
@@ -28,9 +28,12 @@ def test_means_per_seed_and_gap(tmp_path):
         _result(tmp_path / "h.json", 4, 6, {("richness+comp", 0.5): 0.99}, min_channels=32),
         # Comparable: the options recorded at their defaults.
         _result(tmp_path / "i.json", 4, 7, {("richness+comp", 0.7): 0.50}, keep_whole=[], min_channels=16),
+        # The fine streams kept whole: a run-wide --keep-whole (cut to TP's -68.3%) or the '+streams' method.
+        _result(tmp_path / "j.json", 16, 0, {("richness+comp", 0.6832): 0.58}, keep_whole=FINE_STREAMS),
+        _result(tmp_path / "k.json", 16, 1, {("richness+comp+streams", 0.6832): 0.60}),
     ]
     records = collect(files, 16)
-    assert len(records) == 6 and {r["file"] for r in records} == {str(f) for f in files[:3] + files[-1:]}
+    assert len(records) == 8 and {r["file"] for r in records} == {str(f) for f in files[:3] + files[-3:]}
     rows = summarise(records)
     assert [(r["target"], r["epochs"]) for r in rows] == [(0.5, 4), (0.7, 4), (0.7, 16)]
     del rows[1]
@@ -39,6 +42,10 @@ def test_means_per_seed_and_gap(tmp_path):
     assert rows[0]["ours_minus_tp"] == pytest.approx(0.57 - 0.545)
     assert rows[0]["torch-pruning"]["gflops"] == [1.0] and rows[1]["torch-pruning"]["gflops"] == [0.6]
     assert rows[1]["richness+comp"]["mean"] is None and "ours_minus_tp" not in rows[1]
+    streams = [r for r in records if r["method"] == "richness+comp+streams"]
+    assert [(r["target"], r["target_exact"], r["seed"]) for r in streams] == [(0.7, 0.6832, 0), (0.7, 0.6832, 1)]
+    assert rows[1]["richness+comp+streams"]["mean"] == pytest.approx(0.59)
+    assert rows[1]["streams_minus_tp"] == pytest.approx(0.59 - 0.57)
 
 
 def test_the_same_run_twice_is_refused(tmp_path):

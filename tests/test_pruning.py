@@ -144,6 +144,19 @@ def test_keep_whole_groups_keep_every_channel_and_the_rest_meet_the_target():
         allocate(dg, mods, "uniform", 0.7, keep_whole=[10 ** 6])
 
 
+def test_fine_streams_alias_names_the_stride_4_and_8_residual_streams():
+    from benchmarks.finetune_budget import FINE_STREAMS
+    from compress.prune_pipeline import expand_keep_whole
+
+    for width in (1.0, 0.5):
+        model = Detector(DetectorConfig(width_mult=width))
+        assert expand_keep_whole(model, ["fine-streams"]) == FINE_STREAMS == [
+            "backbone.features.2.conv.2", "backbone.features.4.conv.2"]
+    assert model.backbone.residual_streams(32) == [f"features.{i}.conv.2" for i in (2, 4, 7, 11, 14)]
+    assert expand_keep_whole(model, ["backbone.features.4.conv.2", "fine-streams", "neck.lateral3.0"]) == [
+        "backbone.features.4.conv.2", "backbone.features.2.conv.2", "neck.lateral3.0"]
+
+
 def test_fill_budget_hand_case():
     # cost = total channels, budget 80; rounding left {0: 32, 1: 16} against the wish {0: 40, 1: 20}.
     # Step 1: group 0 is furthest below its wish (-8/64 vs -4/64) -> 48 (cost 64). Step 2: group 1 (-4/64 vs

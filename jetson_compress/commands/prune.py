@@ -39,9 +39,10 @@ def register(sub) -> None:
                         "jetson-nano-fp16: datasheet peaks, not measured)")
     p.add_argument("--keep-whole", nargs="+", default=[], metavar="CONV",
                    help="channel methods: the channel groups these convolutions open keep every channel and the "
-                        "target is met by the others (e.g. backbone.features.2.conv.2 backbone.features.4.conv.2, the "
-                        "stride-4 and stride-8 residual streams); a name that opens no prunable group is an error "
-                        "that lists the ones that do")
+                        "target is met by the others; 'fine-streams' names the backbone's residual streams at "
+                        "strides 4 and 8 (backbone.features.2.conv.2 and .4.conv.2: 24 and 32 channels that carry "
+                        "fine detail to the stride-8 head); a name that opens no prunable group is an error that "
+                        "lists the ones that do")
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
@@ -104,10 +105,11 @@ def run(args: argparse.Namespace) -> int:
     ckpt["_sha256"] = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
     if args.keep_whole:
         from compress.depgraph import build_dependency_graph
-        from compress.prune_pipeline import groups_of
+        from compress.prune_pipeline import expand_keep_whole, groups_of
 
         try:
-            groups_of(build_dependency_graph(model.eval(), model.config.input_size), args.keep_whole)
+            groups_of(build_dependency_graph(model.eval(), model.config.input_size),
+                      expand_keep_whole(model, args.keep_whole))
         except ValueError as exc:
             raise UserError(f"--keep-whole: {exc}") from None
     if not args.classes:
