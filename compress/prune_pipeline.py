@@ -71,6 +71,15 @@ def groups_of(dg: DependencyGraph, names: Sequence[str]) -> List[int]:
     return sorted({by_producer[n] for n in names})
 
 
+def resolve_keep_whole(model: Detector, names: Sequence[str]) -> List[str]:
+    """``names`` expanded (:func:`expand_keep_whole`) and checked against ``model``'s pruning graph before any work
+    is spent; ValueError (listing the names that can be used) if one opens no prunable channel group."""
+    names = expand_keep_whole(model, names)
+    if names:
+        groups_of(build_dependency_graph(model.eval(), model.config.input_size), names)
+    return names
+
+
 def plan_pruning(
     model: Detector,
     method: str,
@@ -309,8 +318,7 @@ def run_prune(
     if keep_whole:
         if method in LAYER_METHODS:
             raise ValueError(f"--method {method} takes no --keep-whole (channel methods only)")
-        keep_whole = expand_keep_whole(model, keep_whole)
-        groups_of(build_dependency_graph(model.eval(), model.config.input_size), keep_whole)  # names checked first
+        keep_whole = resolve_keep_whole(model, keep_whole)  # names checked before any work
     from compress.inference import evaluate_model, summary_ap
 
     out_dir = Path(out_dir)

@@ -62,6 +62,18 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     from jetson_compress.commands.common import open_split
 
     b = cfg["build"]
+    if b["keep_whole"]:
+        # Checked before any stage runs: a wrong name should not cost a baseline stage first.
+        from compress.detector import Detector, DetectorConfig
+        from compress.prune_pipeline import resolve_keep_whole
+        from jetson_compress.config import ConfigError
+
+        if str(b["method"]).startswith("layer"):
+            raise ConfigError(f"build.keep_whole applies to the channel methods, not build.method {b['method']}")
+        try:
+            resolve_keep_whole(Detector(DetectorConfig(input_size=64)), [str(n) for n in b["keep_whole"]])
+        except ValueError as exc:
+            raise ConfigError(f"build.keep_whole: {exc}") from None
     runner = StageRunner(run_dir, log=log, force=force)
     # Rough stage durations on 2 CPU cores at 320x320 (an earlier run's records replace them): for the ETA.
     epochs = int(b["finetune_epochs"]) if not b.get("finetune_seconds") else 0

@@ -696,6 +696,13 @@ def out_build_under_a_file(c: Ctx) -> Made:
             str(blocker))
 
 
+def config_build_keep_whole_unknown(c: Ctx) -> Made:
+    # A wrong name in build.keep_whole stops the build before its first stage: nothing is written.
+    out = c.tmp / "run"
+    return (["build", "--data", str(c.voc), "--checkpoint", str(c.ckpt), "--out", str(out),
+             "--set", "build.keep_whole=[backbone.features.2.conv]"], "build.keep_whole")
+
+
 def out_eval_json_under_a_file(c: Ctx) -> Made:
     blocker = c.tmp / "out.txt"
     blocker.write_text("a file, not a folder")
@@ -864,6 +871,8 @@ CASES = [
     Case("train-out-under-a-file", out_train_under_a_file, 2,
          r"{culprit}/sub: output folder is not writable \(Not a directory\)"),
     Case("build-out-under-a-file", out_build_under_a_file, 2, "{culprit}/run: output folder is not writable"),
+    Case("config-build-keep-whole-unknown", config_build_keep_whole_unknown, 2,
+         "{culprit}: not the producer of a prunable channel group: .*backbone.features.2.conv'.*prunable producers"),
     Case("eval-json-under-a-file", out_eval_json_under_a_file, 2, "{culprit}: exists and is not a folder"),
     Case("eval-json-permission-denied", out_permission_denied, 2, "{culprit}: Permission denied"),
     Case("disk-full-eval-json", out_disk_full_eval_json, 2, "{culprit}: No space left on device"),

@@ -104,12 +104,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{ckpt_path}: already a pruned checkpoint; prune the dense baseline instead")
     ckpt["_sha256"] = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
     if args.keep_whole:
-        from compress.depgraph import build_dependency_graph
-        from compress.prune_pipeline import expand_keep_whole, groups_of
+        from compress.prune_pipeline import resolve_keep_whole
 
         try:
-            groups_of(build_dependency_graph(model.eval(), model.config.input_size),
-                      expand_keep_whole(model, args.keep_whole))
+            resolve_keep_whole(model, args.keep_whole)
         except ValueError as exc:
             raise UserError(f"--keep-whole: {exc}") from None
     if not args.classes:
