@@ -62,16 +62,18 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     from jetson_compress.commands.common import open_split
 
     b = cfg["build"]
-    if b["keep_whole"]:
+    keep_whole = [str(n) for n in b["keep_whole"]]
+    if keep_whole and str(b["method"]).startswith("layer"):
+        log(f"build.keep_whole {keep_whole} applies to the channel methods, not build.method {b['method']}: ignored")
+        keep_whole = []
+    if keep_whole:
         # Checked before any stage runs: a wrong name should not cost a baseline stage first.
         from compress.detector import Detector, DetectorConfig
         from compress.prune_pipeline import resolve_keep_whole
         from jetson_compress.config import ConfigError
 
-        if str(b["method"]).startswith("layer"):
-            raise ConfigError(f"build.keep_whole applies to the channel methods, not build.method {b['method']}")
         try:
-            resolve_keep_whole(Detector(DetectorConfig(input_size=64)), [str(n) for n in b["keep_whole"]])
+            resolve_keep_whole(Detector(DetectorConfig(input_size=64)), keep_whole)
         except ValueError as exc:
             raise ConfigError(f"build.keep_whole: {exc}") from None
     runner = StageRunner(run_dir, log=log, force=force)
@@ -112,7 +114,8 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     # 2. prune + compensate + fine-tune ----------------------------------------------------------------------------
     prune_settings = {k: b[k] for k in ("method", "target_flops", "compensate", "finetune", "finetune_epochs",
                                         "finetune_seconds", "round_to", "calibration_images", "layer_share",
-                                        "latency_tilt", "latency_model", "keep_whole")}
+                                        "latency_tilt", "latency_model")}
+    prune_settings["keep_whole"] = keep_whole
     prune_settings["train"] = cfg["train"]
 
     def prune_stage(work: Path):
@@ -128,7 +131,7 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
                   train_cfg=cfg["train"], eval_cfg=cfg["eval"], resolved_config=cfg,
                   calibration_images=int(b["calibration_images"]), log=log,
                   latency_model=str(b["latency_model"]), latency_tilt=float(b["latency_tilt"]),
-                  keep_whole=[str(n) for n in b["keep_whole"]],
+                  keep_whole=keep_whole,
                   layer_options={"layer_share": float(b["layer_share"])} if b["method"].startswith("layer") else None)
         shutil.rmtree(work / "finetune", ignore_errors=True)
     rec = runner.run("prune", {"baseline": baseline_ckpt}, prune_settings, prune_stage)
