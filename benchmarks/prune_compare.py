@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare"))
     args = ap.parse_args(argv)
 
+    if args.min_channels is not None and args.min_channels < 1:
+        ap.error(f"--min-channels {args.min_channels}: must be >= 1")
     min_ch = args.min_channels or args.round_to
     cfg, ckpt_path, baseline, ckpt, root = load_baseline(args.checkpoint, args.data, args.threads, args.set)
     size = baseline.config.input_size
@@ -191,7 +193,8 @@ def main(argv=None) -> int:
               "finetune_device": str(resolve_device(ft_cfg.get("device"))), "overrides": args.set,
               "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
               "freeze_blocks": ft_cfg["freeze_blocks"],
-              "latency_tilt": args.latency_tilt, "latency_model": args.latency_model, "keep_whole": args.keep_whole,
+              "latency_tilt": args.latency_tilt, "latency_model": args.latency_model,
+              "keep_whole": expand_keep_whole(baseline, args.keep_whole),
               "min_channels": min_ch,
               "rows": rows}
     atomic_write_bytes(out / "prune_compare.json", json.dumps(result, indent=2, default=float).encode())
