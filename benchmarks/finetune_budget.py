@@ -4,7 +4,10 @@ seed shown. Only comparable runs are taken: the same channel rounding, no distil
 and learning rate, our allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the
 rounding).
 
-    python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json
+    python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json [--drop PATTERN[:METHOD] ...]
+
+``--drop`` leaves out the files whose path contains PATTERN (only METHOD's rows of them, if given): a run superseded
+by a matched one, or a structure that belongs to another comparison.
 
 No measurement of its own: it reads results, so it is as honest as the runs it is given (each row names its file).
 """
@@ -28,13 +31,20 @@ OURS, TP = METHODS[0], METHODS[-1]
 FINE_STREAMS = ["backbone.features.2.conv.2", "backbone.features.4.conv.2"]  # what ``--keep-whole fine-streams`` names
 
 
-def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7)) -> List[Dict[str, Any]]:
+def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> List[Dict[str, Any]]:
     """One record per (file, method, target) of a comparable run: epochs, seed, AP50 after fine-tune.
 
     A run's FLOPs target is taken to the nearest tenth (``target``; the exact one is ``target_exact``): Torch-Pruning's
     uniform ratio lands at -68.3% for a -70% target, and ours is cut to that FLOPs with ``--targets 0.6832``. A run
     made with ``--keep-whole`` naming exactly the fine streams counts as ``richness+comp+streams``; any other
-    structural option leaves the run out."""
+    structural option leaves the run out. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path
+    contains PATTERN is left out (only METHOD's rows, after the relabelling above, when METHOD is given)."""
+    rules = [(d.rpartition(":")[0], d.rpartition(":")[2]) if ":" in d else (d, None) for d in drop]
+    for rule, (pat, m) in zip(drop, rules):
+        if m is not None and m not in METHODS:
+            raise ValueError(f"--drop {rule}: {m!r} is not one of {', '.join(METHODS)}")
+        if not any(pat in str(p) for p in paths):
+            raise ValueError(f"--drop {rule}: no result file's path contains {pat!r}")
     out = []
     for path in paths:
         d = json.loads(path.read_text())
@@ -47,6 +57,8 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7)) -> List[Dict[s
         for r in d["rows"]:
             method = OURS + "+streams" if whole and r["method"] == OURS else r["method"]
             target = round(r["target"], 1)
+            if any(pat in str(path) and m in (None, method) for pat, m in rules):
+                continue
             if method in METHODS and target in targets and d.get("finetune_epochs", 0) > 0:
                 key = (method, target, d["finetune_epochs"], d.get("finetune_seed") or 0)
                 twin = next((o["file"] for o in out if (o["method"], o["target"], o["epochs"], o["seed"]) == key), None)
@@ -79,9 +91,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="prune_compare JSON files")
     ap.add_argument("--round-to", type=int, default=16)
+    ap.add_argument("--drop", nargs="+", default=[], metavar="PATTERN[:METHOD]",
+                    help="leave out the files whose path contains PATTERN (only METHOD's rows of them, if given)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare" / "finetune_budget"))
     args = ap.parse_args(argv)
-    records = collect([Path(p) for p in args.results], args.round_to)
+    try:
+        records = collect([Path(p) for p in args.results], args.round_to, drop=args.drop)
+    except ValueError as e:
+        print(f"finetune_budget: {e}", file=sys.stderr)
+        return 2
     if not records:
         print(f"no comparable run (round_to {args.round_to}, no distillation) among {len(args.results)} files",
               file=sys.stderr)

@@ -53,3 +53,23 @@ def test_the_same_run_twice_is_refused(tmp_path):
     b = _result(tmp_path / "b.json", 4, 0, {("richness+comp", 0.5): 0.57})
     with pytest.raises(ValueError, match="a.json"):
         collect([a, b], 16)
+
+
+def test_drop_by_path_and_method(tmp_path):
+    (tmp_path / "old").mkdir()
+    old = _result(tmp_path / "old" / "r.json", 8, 0, {("richness+comp", 0.5): 0.59, ("torch-pruning", 0.5): 0.58})
+    new = _result(tmp_path / "new.json", 8, 0, {("torch-pruning", 0.5): 0.57})
+    with pytest.raises(ValueError, match="give each run once"):
+        collect([old, new], 16)
+    records = collect([old, new], 16, drop=["old/r.json:torch-pruning"])
+    assert sorted((r["method"], r["ap50"], r["file"]) for r in records) == [
+        ("richness+comp", 0.59, str(old)), ("torch-pruning", 0.57, str(new))]
+    assert [r["file"] for r in collect([old, new], 16, drop=["old/"])] == [str(new)]
+    # METHOD is matched after relabelling: a '+streams' row is dropped by its own name only.
+    s = _result(tmp_path / "s.json", 8, 0, {("richness+comp", 0.6832): 0.6}, keep_whole=FINE_STREAMS)
+    assert collect([s], 16, drop=["s.json:richness+comp"])[0]["method"] == "richness+comp+streams"
+    assert collect([s], 16, drop=["s.json:richness+comp+streams"]) == []
+    with pytest.raises(ValueError, match="'l2' is not one of"):
+        collect([s], 16, drop=["s.json:l2"])
+    with pytest.raises(ValueError, match="no result file's path contains 'nowhere'"):
+        collect([s], 16, drop=["nowhere"])
