@@ -39,7 +39,7 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> Li
     made with ``--keep-whole`` naming exactly the fine streams counts as ``richness+comp+streams``; any other
     structural option leaves the run out. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path
     contains PATTERN is left out (only METHOD's rows, after the relabelling above, when METHOD is given)."""
-    rules = [(d.rpartition(":")[0], d.rpartition(":")[2]) if ":" in d else (d, None) for d in drop]
+    rules = [(pat, m) if sep else (d, None) for d in drop for pat, sep, m in [d.rpartition(":")]]
     for rule, (pat, m) in zip(drop, rules):
         if m is not None and m not in METHODS:
             raise ValueError(f"--drop {rule}: {m!r} is not one of {', '.join(METHODS)}")
@@ -47,6 +47,9 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> Li
             raise ValueError(f"--drop {rule}: no result file's path contains {pat!r}")
     out = []
     for path in paths:
+        dropped = {m for pat, m in rules if pat in str(path)}  # None: the whole file
+        if None in dropped:
+            continue
         d = json.loads(path.read_text())
         whole = d.get("keep_whole") or []
         if (d.get("round_to") != round_to or (d.get("distill_weight") or 0.0) != 0.0
@@ -57,7 +60,7 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> Li
         for r in d["rows"]:
             method = OURS + "+streams" if whole and r["method"] == OURS else r["method"]
             target = round(r["target"], 1)
-            if any(pat in str(path) and m in (None, method) for pat, m in rules):
+            if method in dropped:
                 continue
             if method in METHODS and target in targets and d.get("finetune_epochs", 0) > 0:
                 key = (method, target, d["finetune_epochs"], d.get("finetune_seed") or 0)
