@@ -11,7 +11,9 @@ Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; 
 allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``: the backbone's residual streams at
 strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone), ``l1`` (uniform L1),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
-by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``). Results: JSON, Markdown table and a plot of AP50
+by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``; ``torch-pruning+streams``:
+the same with the fine streams kept whole, given to it as ignored layers — the fairness check of ours' ``+streams``).
+Results: JSON, Markdown table and a plot of AP50
 against latency in ``benchmarks/results/``.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -38,31 +40,34 @@ from compress.train import resolve_device, train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
 METHODS = ["richness", "richness+comp", "richness+comp+streams", "richness+lat", "richness+comp+lat", "entropy",
-           "entropy+comp", "l1", "bn", "torch-pruning"]
+           "entropy+comp", "l1", "bn", "torch-pruning", "torch-pruning+streams"]
 # entropy (M1's alpha = 1) and the '+streams' structure: on request
 DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m]
 
 
-def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8):
+def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8, keep_whole: Sequence[str] = ()):
     """A copy of ``model`` cut by Torch-Pruning at one uniform ``ratio`` (L1 magnitude importance, prediction convs
-    ignored); returns it and its MACs."""
+    ignored); returns it and its MACs. ``keep_whole``: convolutions given to Torch-Pruning as ignored layers too — it
+    leaves alone every channel group that would cut their output channels (the fine streams, as ours keep them)."""
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
+    modules = dict(m.named_modules())
+    ignored = [h.pred for h in m.heads] + [modules[n] for n in keep_whole]
     pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 3, size, size), importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=[h.pred for h in m.heads], round_to=round_to)
+                                  pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to)
     pruner.step()
     return m, count_flops_params(m, (1, 3, size, size)).macs
 
 
-def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8):
+def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8, keep_whole: Sequence[str] = ()):
     """Torch-Pruning with L1 magnitude importance; the uniform ratio is bisected to land as close to ``target_macs`` as
     its rounding allows (either side: a uniform ratio moves the FLOPs in steps of up to several points)."""
     lo, hi = 0.0, 0.95
     tried = []
     for _ in range(14):
         mid = 0.5 * (lo + hi)
-        m, macs = torch_pruning_at(model, mid, size, round_to)
+        m, macs = torch_pruning_at(model, mid, size, round_to, keep_whole)
         tried.append((abs(macs - target_macs), macs, mid, m))
         if macs <= target_macs:
             hi = mid
@@ -140,12 +145,14 @@ def main(argv=None) -> int:
             print(f"== {name}", flush=True)
             t = time.perf_counter()
             plan = None  # ours: the prune plan goes into the fine-tuned checkpoint (jetson-compress eval loads it)
-            if method == "torch-pruning":
+            if method.startswith("torch-pruning"):
                 if ours_macs is None:
                     dec = plan_pruning(baseline, "l1", target, calib, round_to=args.round_to,
                                        min_channels=min_ch)
                     ours_macs = dec["allocation"]["macs"]
-                pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size, round_to=args.round_to)
+                tp_whole = expand_keep_whole(baseline, ["fine-streams"]) if method.endswith("+streams") else []
+                pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size, round_to=args.round_to,
+                                                         keep_whole=tp_whole)
             else:
                 base_method, *options = method.split("+")
                 lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}

@@ -27,3 +27,29 @@ def test_torch_pruning_lands_closest_to_target(reduction: float) -> None:
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     outs = pruned.raw_outputs(torch.zeros(1, 3, size, size))
     assert [o.shape[-1] for o in outs] == [size // 8, size // 16, size // 32]
+
+
+def test_torch_pruning_keeps_the_fine_streams_whole_when_asked() -> None:
+    """``torch-pruning+streams``: the residual streams that ours keep whole are ignored layers for Torch-Pruning;
+    every convolution of their channel groups keeps its channels, the rest is still cut to the target."""
+    from compress.depgraph import build_dependency_graph
+    from compress.prune_pipeline import expand_keep_whole
+
+    size, round_to = 64, 8
+    model, _ = random_detector(tiny_config(size))
+    whole = expand_keep_whole(model, ["fine-streams"])
+    assert len(whole) == 2
+    dg = build_dependency_graph(model, size)
+    streams = [g for g in dg.prunable_groups() if set(g.producers) & set(whole)]
+    assert len(streams) == 2
+    base = count_flops_params(model, (1, 3, size, size)).macs
+    pruned, macs, _ = torch_pruning_variant(model, int(base * 0.5), size, round_to=round_to, keep_whole=whole)
+    before, after = dict(model.named_modules()), dict(pruned.named_modules())
+    for g in streams:
+        for name in g.producers:
+            assert after[name].out_channels == before[name].out_channels
+    plain, _, _ = torch_pruning_variant(model, int(base * 0.5), size, round_to=round_to)
+    assert any(dict(plain.named_modules())[n].out_channels < before[n].out_channels for n in whole)
+    assert sum(after[n].out_channels < m.out_channels for n, m in before.items()
+               if isinstance(m, torch.nn.Conv2d)) > 10
+    assert macs < 0.6 * base
