@@ -26,8 +26,13 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import save_plot  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 
-METHODS = ("richness+comp", "richness+comp+streams", "torch-pruning")
-OURS, TP = METHODS[0], METHODS[-1]
+METHODS = ("richness+comp", "richness+comp+streams", "torch-pruning", "torch-pruning+streams")
+OURS, TP = METHODS[0], METHODS[2]
+# (key, ours' method, Torch-Pruning's method, column heading): the gaps tabulated, on the means of seeds
+GAPS = (("ours_minus_tp", OURS, TP, "ours − TP"),
+        ("streams_minus_tp", OURS + "+streams", TP, "ours + streams − TP"),
+        ("streams_minus_tp_streams", OURS + "+streams", TP + "+streams", "ours + streams − TP + streams"))
+HEADINGS = ("richness + comp", "richness + comp + fine streams", "Torch-Pruning", "Torch-Pruning + fine streams")
 FINE_STREAMS = ["backbone.features.2.conv.2", "backbone.features.4.conv.2"]  # what ``--keep-whole fine-streams`` names
 
 
@@ -74,7 +79,8 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> Li
 
 
 def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per (target, epochs): each method's AP50 per seed and mean, and ours minus Torch-Pruning on the means."""
+    """Per (target, epochs): each method's AP50 per seed and mean, and the :data:`GAPS` (ours minus Torch-Pruning)
+    on the means."""
     rows = []
     for target, epochs in sorted({(r["target"], r["epochs"]) for r in records}):
         row: Dict[str, Any] = {"target": target, "epochs": epochs}
@@ -83,9 +89,9 @@ def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             row[m] = {"per_seed": aps, "mean": statistics.mean(aps.values()) if aps else None,
                       "gflops": sorted({round(r["gflops"], 3) for r in records
                                         if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)})}
-        for m, key in ((OURS, "ours_minus_tp"), (OURS + "+streams", "streams_minus_tp")):
-            if row[m]["mean"] is not None and row[TP]["mean"] is not None:
-                row[key] = row[m]["mean"] - row[TP]["mean"]
+        for key, ours, tp, _ in GAPS:
+            if row[ours]["mean"] is not None and row[tp]["mean"] is not None:
+                row[key] = row[ours]["mean"] - row[tp]["mean"]
         rows.append(row)
     return rows
 
@@ -120,14 +126,14 @@ def main(argv=None) -> int:
         seeds = " / ".join(f"{ap:.4f}" for _, ap in sorted(v["per_seed"].items()))
         return f"{v['mean']:.4f} ({seeds})" if len(v["per_seed"]) > 1 else seeds
 
-    lines = ["| FLOPs cut | fine-tune epochs | richness + comp (seeds) | richness + comp + fine streams (seeds) | "
-             "Torch-Pruning (seeds) | ours − TP | ours + streams − TP (points) | GFLOPs ours / + streams / TP |",
-             "|---|---|---|---|---|---|---|---|"]
+    head = (["FLOPs cut", "fine-tune epochs"] + [f"{h} (seeds)" for h in HEADINGS]
+            + [f"{g[3]} (points)" for g in GAPS] + ["GFLOPs, in the order of the methods"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        gaps = [f"{100 * r[k]:+.1f}" if k in r else "—" for k in ("ours_minus_tp", "streams_minus_tp")]
-        lines.append(f"| −{int(r['target'] * 100)}% | {r['epochs']} | " + " | ".join(cell(r[m]) for m in METHODS)
-                     + f" | {gaps[0]} | {gaps[1]} | "
-                     + " / ".join(", ".join(f"{g:.3f}" for g in r[m]["gflops"]) or "—" for m in METHODS) + " |")
+        gaps = [f"{100 * r[g[0]]:+.1f}" if g[0] in r else "—" for g in GAPS]
+        gflops = " / ".join(", ".join(f"{g:.3f}" for g in r[m]["gflops"]) or "—" for m in METHODS)
+        lines.append("| " + " | ".join([f"−{int(r['target'] * 100)}%", str(r["epochs"])] + [cell(r[m]) for m in METHODS]
+                                       + gaps + [gflops]) + " |")
     md = (f"# Ours against Torch-Pruning by fine-tune budget\n\nAP50 (VOC07 11-point, original test images) after "
           f"fine-tuning, channels rounded to {args.round_to}, no distillation; baseline {baseline:.4f}. From "
           f"{len({r['file'] for r in records})} `prune_compare.py` result files (listed in `{out.name}.json`).\n\n"
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
 
     def draw(axes):
         for ax, target in zip(axes, targets):
-            for m, colour in zip(METHODS, ("tab:blue", "tab:green", "tab:orange")):
+            for m, colour in zip(METHODS, ("tab:blue", "tab:green", "tab:orange", "tab:red")):
                 pts = [r for r in records if r["target"] == target and r["method"] == m]
                 ax.plot([r["epochs"] for r in pts], [r["ap50"] for r in pts], "o", color=colour, alpha=0.5)
                 means = [(r["epochs"], r[m]["mean"]) for r in rows if r["target"] == target and r[m]["mean"] is not None]

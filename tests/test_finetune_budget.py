@@ -73,3 +73,19 @@ def test_drop_by_path_and_method(tmp_path):
         collect([s], 16, drop=["s.json:l2"])
     with pytest.raises(ValueError, match="no result file's path contains 'nowhere'"):
         collect([s], 16, drop=["nowhere"])
+
+
+def test_torch_pruning_with_the_streams_is_its_own_column(tmp_path):
+    """The fairness check: ours + streams against Torch-Pruning with the same streams kept whole, a third gap."""
+    files = [
+        _result(tmp_path / "a.json", 2, 0, {("richness+comp+streams", 0.5): 0.585, ("torch-pruning", 0.5): 0.566}),
+        _result(tmp_path / "b.json", 2, 0, {("torch-pruning+streams", 0.5): 0.575}),
+        _result(tmp_path / "c.json", 2, 1, {("torch-pruning+streams", 0.5): 0.579}),
+    ]
+    rows = summarise(collect(files, 16))
+    assert len(rows) == 1
+    assert rows[0]["torch-pruning+streams"]["per_seed"] == {0: 0.575, 1: 0.579}
+    assert rows[0]["torch-pruning"]["per_seed"] == {0: 0.566}
+    assert rows[0]["streams_minus_tp"] == pytest.approx(0.585 - 0.566)
+    assert rows[0]["streams_minus_tp_streams"] == pytest.approx(0.585 - 0.577)
+    assert "ours_minus_tp" not in rows[0]
