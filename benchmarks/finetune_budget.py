@@ -148,7 +148,7 @@ def main(argv=None) -> int:
                 ax.plot([r["epochs"] for r in pts], [r["ap50"] for r in pts], "o", color=colour, alpha=0.5)
                 means = [(r["epochs"], r[m]["mean"]) for r in rows if r["target"] == target and r[m]["mean"] is not None]
                 if means:
-                    ax.plot([e for e, _ in means], [a for _, a in means], "-", color=colour,
+                    ax.plot([e for e, _ in means], [a for _, a in means], "-", marker="_", ms=12, mew=2, color=colour,
                             label=f"{m} (mean of seeds)")
             ax.axhline(baseline, color="k", ls="--", lw=0.8, label="baseline")
             ax.set_title(f"−{int(target * 100)}% FLOPs")
