@@ -9,7 +9,8 @@ interleaved round by round, median of the repeats after warm-up.
 
 Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; ``+lat``: the latency-aware
 allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``: the backbone's residual streams at
-strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone), ``l1`` (uniform L1),
+strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone; ``+cap``: the capacity tilt,
+``--capacity-tilt``), ``l1`` (uniform L1),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``; ``torch-pruning+streams``:
 the same with the fine streams kept whole, given to it as ignored layers — the fairness check of ours' ``+streams``).
@@ -39,10 +40,11 @@ from compress.prune_pipeline import calibration_batch, expand_keep_whole, plan_p
 from compress.train import resolve_device, train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
-METHODS = ["richness", "richness+comp", "richness+comp+streams", "richness+lat", "richness+comp+lat", "entropy",
+METHODS = ["richness", "richness+comp", "richness+comp+streams", "richness+comp+streams+cap", "richness+lat",
+           "richness+comp+lat", "entropy",
            "entropy+comp", "l1", "bn", "torch-pruning", "torch-pruning+streams"]
-# entropy (M1's alpha = 1) and the '+streams' structure: on request
-DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m]
+# entropy (M1's alpha = 1), the '+streams' structure and the capacity tilt: on request
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m and "cap" not in m]
 
 
 def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8, keep_whole: Sequence[str] = ()):
@@ -107,6 +109,9 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-tilt", type=float, default=0.5, metavar="BETA",
                     help="latency tilt of the '+lat' methods (keep ratio x (seconds per MAC / median) ** -BETA)")
     ap.add_argument("--latency-model", default="ort-cpu", help="latency model of the '+lat' methods")
+    ap.add_argument("--capacity-tilt", type=float, default=0.25, metavar="GAMMA",
+                    help="capacity tilt of the '+cap' methods (keep ratio x (MACs per parameter / median) ** -GAMMA: "
+                         "the same FLOPs cut, more of it at high resolution, more parameters kept)")
     ap.add_argument("--min-channels", type=int, metavar="N",
                     help="our methods: no channel group cut below N channels (default: --round-to); Torch-Pruning "
                          "has no such floor")
@@ -156,6 +161,8 @@ def main(argv=None) -> int:
             else:
                 base_method, *options = method.split("+")
                 lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}
+                if "cap" in options:
+                    lat["capacity_tilt"] = args.capacity_tilt
                 whole = expand_keep_whole(baseline, args.keep_whole + (["fine-streams"] if "streams" in options else []))
                 dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
                                    min_channels=min_ch, keep_whole=whole, **lat)
@@ -201,6 +208,7 @@ def main(argv=None) -> int:
               "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
               "freeze_blocks": ft_cfg["freeze_blocks"],
               "latency_tilt": args.latency_tilt, "latency_model": args.latency_model,
+              "capacity_tilt": args.capacity_tilt,
               "keep_whole": expand_keep_whole(baseline, args.keep_whole),
               "min_channels": min_ch,
               "rows": rows}

@@ -124,6 +124,18 @@ def latency_per_mac(dg: DependencyGraph, modules: Dict[str, nn.Module], model: L
     return out
 
 
+def macs_per_param(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, float]:
+    """Per prunable group: MACs saved per parameter saved by removing one of its channels — the spatial size its
+    layers run at, in effect. Low for the wide layers at strides 16 and 32, which hold most of the parameters
+    (the capacity) and few of the MACs."""
+    base_macs, base_params = cost_of(dg, {}, modules)
+    out = {}
+    for g in dg.prunable_groups():
+        macs, params = cost_of(dg, {g.gid: g.size - 1}, modules)
+        out[g.gid] = (base_macs - macs) / max(base_params - params, 1)
+    return out
+
+
 # --- per-channel scores ----------------------------------------------------------------------------------------
 
 
@@ -324,6 +336,7 @@ def allocate(
     latency_model: Optional[LatencyModel] = None,
     latency_tilt: float = 0.0,
     keep_whole: Iterable[int] = (),
+    capacity_tilt: float = 0.0,
 ) -> Tuple[Dict[int, int], Dict[str, float]]:
     """Kept channel count per prunable group meeting ``cost <= (1 - target_reduction) * baseline``; the cost is
     MACs (``target_kind="flops"``), parameters (``"params"``) or ``latency_model``'s modelled latency (``"latency"``).
@@ -331,6 +344,9 @@ def allocate(
     ``latency_tilt`` (beta, richness/entropy only) makes the allocation latency-aware: each group's keep ratio is
     multiplied by ``(rho_g / median rho) ** -beta``, rho_g being the modelled seconds saved per MAC saved by cutting
     the group (:func:`latency_per_mac`), so that under the same budget the cuts go where they buy the most time.
+    ``capacity_tilt`` (gamma, richness/entropy only) multiplies it by ``(mu_g / median mu) ** -gamma``, mu_g being the
+    MACs saved per parameter saved (:func:`macs_per_param`): under the same FLOPs budget the cuts go to the
+    high-resolution layers and the parameters of the low-resolution ones are kept.
 
     Groups in ``keep_whole`` keep all their channels; the budget is met by the others."""
     if not 0.0 < target_reduction < 1.0:
@@ -339,8 +355,9 @@ def allocate(
         raise ValueError(f"unknown target kind {target_kind!r} (flops, params or latency)")
     if (target_kind == "latency" or latency_tilt) and latency_model is None:
         raise ValueError("a latency target or a latency tilt needs a latency model")
-    if latency_tilt and method not in ("richness", "entropy"):
-        raise ValueError(f"a latency tilt applies to the richness and entropy allocations, not {method!r}")
+    for name, beta in (("latency", latency_tilt), ("capacity", capacity_tilt)):
+        if beta and method not in ("richness", "entropy"):
+            raise ValueError(f"a {name} tilt applies to the richness and entropy allocations, not {method!r}")
     groups = dg.prunable_groups()
     base_macs, base_params = cost_of(dg, {}, modules)
 
@@ -355,6 +372,10 @@ def allocate(
         rho = latency_per_mac(dg, modules, latency_model)
         ref = float(np.median(list(rho.values())))
         tilt = {gid: (r / ref) ** -latency_tilt for gid, r in rho.items()}
+    if capacity_tilt:
+        mu = macs_per_param(dg, modules)
+        ref = float(np.median(list(mu.values())))
+        tilt = {gid: tilt[gid] * (m / ref) ** -capacity_tilt for gid, m in mu.items()}
     sizes = {g.gid: g.size for g in groups}
     if method == "uniform":
         def wanted_for(s: float) -> Dict[int, float]:
@@ -399,6 +420,8 @@ def allocate(
     info = {"scale": scale, "macs": macs, "params": params, "baseline_macs": base_macs,
             "baseline_params": base_params, "flops_reduction": 1 - macs / base_macs,
             "params_reduction": 1 - params / base_params}
+    if capacity_tilt:
+        info["capacity_tilt"] = capacity_tilt
     if latency_model is not None:
         base_lat = latency_of(dg, {}, modules, latency_model)
         info.update(latency_model=latency_model.name, latency_tilt=latency_tilt,

@@ -121,3 +121,26 @@ def test_the_cli_offers_every_latency_model():
     from jetson_compress.commands.prune import LATENCY_MODEL_NAMES
 
     assert set(LATENCY_MODEL_NAMES) == set(LATENCY_MODELS)
+
+
+def test_capacity_tilt_keeps_parameters_at_the_same_flops():
+    """The capacity tilt moves the cut towards the groups that save many MACs per parameter (high resolution):
+    the same FLOPs reduction, more parameters kept, and the most parameter-heavy group keeps more channels."""
+    from compress.criteria import macs_per_param
+
+    model, dg, mods = _detector()
+    rich = {g.gid: {"richness": (i % 5) / 4} for i, g in enumerate(dg.prunable_groups())}
+    plain, pinfo = allocate(dg, mods, "richness", 0.5, round_to=8, min_channels=8, richness=rich)
+    zero, _ = allocate(dg, mods, "richness", 0.5, round_to=8, min_channels=8, richness=rich, capacity_tilt=0.0)
+    assert zero == plain and "capacity_tilt" not in pinfo
+    tilted, tinfo = allocate(dg, mods, "richness", 0.5, round_to=8, min_channels=8, richness=rich, capacity_tilt=0.5)
+    assert tinfo["capacity_tilt"] == 0.5
+    assert 0.5 <= tinfo["flops_reduction"] < 0.51 and 0.5 <= pinfo["flops_reduction"] < 0.51
+    assert tinfo["params"] > pinfo["params"] * 1.1
+    mu = macs_per_param(dg, mods)
+    assert all(v > 0 for v in mu.values())
+    low, high = min(mu, key=mu.get), max(mu, key=mu.get)
+    assert tilted[low] / dg.groups[low].size > plain[low] / dg.groups[low].size
+    assert tilted[high] <= plain[high]
+    with pytest.raises(ValueError, match="capacity tilt applies to the richness and entropy"):
+        allocate(dg, mods, "uniform", 0.5, capacity_tilt=0.5)
