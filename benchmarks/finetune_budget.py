@@ -85,10 +85,10 @@ def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for target, epochs in sorted({(r["target"], r["epochs"]) for r in records}):
         row: Dict[str, Any] = {"target": target, "epochs": epochs}
         for m in METHODS:
-            aps = {r["seed"]: r["ap50"] for r in records if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)}
+            mine = [r for r in records if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)]
+            aps = {r["seed"]: r["ap50"] for r in mine}
             row[m] = {"per_seed": aps, "mean": statistics.mean(aps.values()) if aps else None,
-                      "gflops": sorted({round(r["gflops"], 3) for r in records
-                                        if (r["target"], r["epochs"], r["method"]) == (target, epochs, m)})}
+                      "gflops": sorted({round(r["gflops"], 3) for r in mine})}
         for key, ours, tp, _ in GAPS:
             if row[ours]["mean"] is not None and row[tp]["mean"] is not None:
                 row[key] = row[ours]["mean"] - row[tp]["mean"]

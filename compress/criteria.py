@@ -111,29 +111,32 @@ def latency_of(dg: DependencyGraph, counts: Dict[int, int], modules: Dict[str, n
     return sum(model.seconds(m, e) for m, _, e in _layer_terms(dg, counts, modules))
 
 
-def latency_per_mac(dg: DependencyGraph, modules: Dict[str, nn.Module], model: LatencyModel) -> Dict[int, float]:
-    """Per prunable group: modelled seconds saved per MAC saved by removing one of its channels. High for groups
-    whose channels feed memory-bound layers (depthwise convolutions, thin 1x1s at high resolution)."""
-    base_lat = latency_of(dg, {}, modules, model)
-    base_macs = cost_of(dg, {}, modules)[0]
+def _one_channel_savings(dg: DependencyGraph, modules: Dict[str, nn.Module],
+                         model: Optional[LatencyModel] = None) -> Dict[int, Tuple[int, int, float]]:
+    """Per prunable group: the MACs, parameters and (with ``model``) modelled seconds saved by removing one of its
+    channels."""
+    base_macs, base_params = cost_of(dg, {}, modules)
+    base_lat = latency_of(dg, {}, modules, model) if model is not None else 0.0
     out = {}
     for g in dg.prunable_groups():
         fewer = {g.gid: g.size - 1}
-        d_macs = base_macs - cost_of(dg, fewer, modules)[0]
-        out[g.gid] = (base_lat - latency_of(dg, fewer, modules, model)) / max(d_macs, 1)
+        macs, params = cost_of(dg, fewer, modules)
+        lat = latency_of(dg, fewer, modules, model) if model is not None else 0.0
+        out[g.gid] = (base_macs - macs, base_params - params, base_lat - lat)
     return out
+
+
+def latency_per_mac(dg: DependencyGraph, modules: Dict[str, nn.Module], model: LatencyModel) -> Dict[int, float]:
+    """Per prunable group: modelled seconds saved per MAC saved by removing one of its channels. High for groups
+    whose channels feed memory-bound layers (depthwise convolutions, thin 1x1s at high resolution)."""
+    return {gid: d_lat / max(d_macs, 1) for gid, (d_macs, _, d_lat) in _one_channel_savings(dg, modules, model).items()}
 
 
 def macs_per_param(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, float]:
     """Per prunable group: MACs saved per parameter saved by removing one of its channels — the spatial size its
     layers run at, in effect. Low for the wide layers at strides 16 and 32, which hold most of the parameters
     (the capacity) and few of the MACs."""
-    base_macs, base_params = cost_of(dg, {}, modules)
-    out = {}
-    for g in dg.prunable_groups():
-        macs, params = cost_of(dg, {g.gid: g.size - 1}, modules)
-        out[g.gid] = (base_macs - macs) / max(base_params - params, 1)
-    return out
+    return {gid: d_macs / max(d_params, 1) for gid, (d_macs, d_params, _) in _one_channel_savings(dg, modules).items()}
 
 
 # --- per-channel scores ----------------------------------------------------------------------------------------
