@@ -10,7 +10,7 @@ interleaved round by round, median of the repeats after warm-up.
 Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; ``+lat``: the latency-aware
 allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``: the backbone's residual streams at
 strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone; ``+cap``: the capacity tilt,
-``--capacity-tilt``), ``l1`` (uniform L1; ``l1+comp+streams``: uniform keep ratio with ours' compensation and
+``--capacity-tilt``; ``+gl1``: channels chosen by the group-aggregated magnitude, ``compress.criteria.group_l1``), ``l1`` (uniform L1; ``l1+comp+streams``: uniform keep ratio with ours' compensation and
 fine streams — the allocation ablation of ``richness+comp+streams``),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``; ``torch-pruning+streams``:
@@ -41,11 +41,12 @@ from compress.prune_pipeline import calibration_batch, expand_keep_whole, plan_p
 from compress.train import resolve_device, train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
-METHODS = ["richness", "richness+comp", "richness+streams", "richness+comp+streams", "richness+comp+streams+cap", "richness+lat",
+METHODS = ["richness", "richness+comp", "richness+streams", "richness+comp+streams", "richness+comp+streams+cap",
+           "richness+comp+streams+gl1", "richness+lat",
            "richness+comp+lat", "entropy",
            "entropy+comp", "l1", "l1+comp+streams", "bn", "torch-pruning", "torch-pruning+streams"]
 # entropy (M1's alpha = 1), the '+streams' structure and the capacity tilt: on request
-DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m and "cap" not in m]
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m]
 
 
 def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8, keep_whole: Sequence[str] = ()):
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
                 lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}
                 if "cap" in options:
                     lat["capacity_tilt"] = args.capacity_tilt
+                if "gl1" in options:
+                    lat["channel_criterion"] = "group-l1"
                 whole = expand_keep_whole(baseline, args.keep_whole + (["fine-streams"] if "streams" in options else []))
                 dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
                                    min_channels=min_ch, keep_whole=whole, **lat)

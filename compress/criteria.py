@@ -154,6 +154,40 @@ def filter_l1(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, t
     return scores
 
 
+def group_l1(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, torch.Tensor]:
+    """Group-aggregated magnitude of each channel: every layer that touches the group's channels gives one score per
+    channel — a producer its output filter's mean ``|w|``, a depthwise convolution its filter's, a BatchNorm
+    ``|gamma|``, a consuming convolution or linear layer the mean ``|w|`` of the input column that reads the channel —
+    each normalised by its mean over the channels, then averaged over the layers. Unlike :func:`filter_l1` it counts
+    how strongly the next layers read a channel, not only how large the filter that writes it is."""
+    parts: Dict[int, List[torch.Tensor]] = {g.gid: [] for g in dg.prunable_groups()}
+
+    def add(gid: int, v: torch.Tensor) -> None:
+        if gid in parts:
+            parts[gid].append(v / v.mean().clamp_min(1e-12))
+
+    for g in dg.prunable_groups():
+        for name in g.producers:
+            add(g.gid, modules[name].weight.detach().float().abs().flatten(1).mean(1))
+    for name, info in dg.layers.items():
+        if info.in_segments is None:
+            continue
+        w = getattr(modules.get(name), "weight", None)
+        if w is None:
+            continue
+        w = w.detach().float().abs()
+        offset = 0
+        for sid, n in info.in_segments:
+            gid = dg.space_group[sid]
+            if info.kind in ("bn", "dwconv"):
+                if len(info.in_segments) == 1:
+                    add(gid, w.flatten(1).mean(1) if w.dim() > 1 else w)
+            elif info.kind in ("conv", "linear"):
+                add(gid, w[:, offset:offset + n].transpose(0, 1).flatten(1).mean(1))
+            offset += n
+    return {gid: torch.stack(v).mean(0) for gid, v in parts.items()}
+
+
 def bn_gamma(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, torch.Tensor]:
     """Sum of |gamma| of the BatchNorms that act directly on a group's channels (single-space inputs)."""
     scores: Dict[int, torch.Tensor] = {}

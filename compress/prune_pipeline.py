@@ -22,7 +22,7 @@ import torch
 from compress.augment import letterbox, to_tensor_layout
 from compress.checkpoint import atomic_write_bytes, save_checkpoint
 from compress.compensation import compensate
-from compress.criteria import (LATENCY_MODELS, activation_entropy, allocate, bn_gamma, channel_activations,
+from compress.criteria import (LATENCY_MODELS, activation_entropy, allocate, bn_gamma, channel_activations, group_l1,
                                filter_l1, layer_richness, select_channels)
 from compress.depgraph import DependencyGraph, build_dependency_graph
 from compress.detector import Detector
@@ -31,6 +31,9 @@ from compress.pruning import make_plan, prune_groups, save_plan
 from compress.voc import VOCDataset, load_image
 
 METHODS = ("richness", "entropy", "l1", "bn")
+# Which channels a group keeps, once its count is set: filter L1 of the producers (default), per-channel activation
+# entropy, or the group-aggregated magnitude over every layer touching the channels (compress.criteria.group_l1).
+CHANNEL_CRITERIA = ("l1", "entropy", "group-l1")
 LAYER_METHODS = ("layer", "layer+richness")
 
 
@@ -106,6 +109,8 @@ def plan_pruning(
     richest group is ``(offset + 1) / offset``)."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS}")
+    if channel_criterion not in CHANNEL_CRITERIA:
+        raise ValueError(f"unknown channel criterion {channel_criterion!r}; choose from {CHANNEL_CRITERIA}")
     size = model.config.input_size
     model.eval()
     dg = build_dependency_graph(model, size)
@@ -131,6 +136,8 @@ def plan_pruning(
         scores = bn_scores
     elif channel_criterion == "entropy":
         scores = entropy_scores
+    elif channel_criterion == "group-l1":
+        scores = group_l1(dg, modules)
     else:
         scores = filter_l1(dg, modules)
     keep = select_channels(scores, counts)
