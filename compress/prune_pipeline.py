@@ -306,6 +306,7 @@ def run_prune(
     latency_model: Optional[str] = None,
     latency_tilt: float = 0.0,
     keep_whole: Sequence[str] = (),
+    channel_criterion: str = "l1",
     progress: bool = True,
     log: Callable[[str], None] = print,
     finetune: str = "plain",
@@ -381,7 +382,8 @@ def run_prune(
     else:
         t = time.perf_counter()
         decision = plan_pruning(model, method, target_reduction, calib, target_kind, round_to, min_channels, alpha,
-                                latency_model=latency_model, latency_tilt=latency_tilt, keep_whole=keep_whole)
+                                latency_model=latency_model, latency_tilt=latency_tilt, keep_whole=keep_whole,
+                                channel_criterion=channel_criterion)
         timings["analyse"] = time.perf_counter() - t
         t = time.perf_counter()
         target = {"kind": target_kind, "reduction": target_reduction}
@@ -389,6 +391,7 @@ def run_prune(
             target.update(latency_model=latency_model, latency_tilt=latency_tilt)
         if keep_whole:
             target["keep_whole"] = list(keep_whole)
+        target["channel_criterion"] = channel_criterion
         if "modelled_latency_reduction" in decision["allocation"]:
             metrics["modelled_latency_reduction"] = decision["allocation"]["modelled_latency_reduction"]
         result = prune_detector(model, decision, method, target, round_to,

@@ -76,6 +76,12 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
             resolve_keep_whole(Detector(DetectorConfig(input_size=64)), keep_whole)
         except ValueError as exc:
             raise ConfigError(f"build.keep_whole: {exc}") from None
+    from compress.prune_pipeline import CHANNEL_CRITERIA
+
+    if str(b["channel_criterion"]) not in CHANNEL_CRITERIA:
+        from jetson_compress.config import ConfigError
+
+        raise ConfigError(f"build.channel_criterion {b['channel_criterion']!r}: choose from {', '.join(CHANNEL_CRITERIA)}")
     runner = StageRunner(run_dir, log=log, force=force)
     # Rough stage durations on 2 CPU cores at 320x320 (an earlier run's records replace them): for the ETA.
     epochs = int(b["finetune_epochs"]) if not b.get("finetune_seconds") else 0
@@ -114,7 +120,7 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
     # 2. prune + compensate + fine-tune ----------------------------------------------------------------------------
     prune_settings = {k: b[k] for k in ("method", "target_flops", "compensate", "finetune", "finetune_epochs",
                                         "finetune_seconds", "round_to", "calibration_images", "layer_share",
-                                        "latency_tilt", "latency_model")}
+                                        "latency_tilt", "latency_model", "channel_criterion")}
     prune_settings["keep_whole"] = keep_whole
     prune_settings["train"] = cfg["train"]
 
@@ -131,7 +137,7 @@ def run_build(cfg: Dict[str, Any], run_dir: Path, *, checkpoint: Optional[Path],
                   train_cfg=cfg["train"], eval_cfg=cfg["eval"], resolved_config=cfg,
                   calibration_images=int(b["calibration_images"]), log=log,
                   latency_model=str(b["latency_model"]), latency_tilt=float(b["latency_tilt"]),
-                  keep_whole=keep_whole,
+                  keep_whole=keep_whole, channel_criterion=str(b["channel_criterion"]),
                   layer_options={"layer_share": float(b["layer_share"])} if b["method"].startswith("layer") else None)
         shutil.rmtree(work / "finetune", ignore_errors=True)
     rec = runner.run("prune", {"baseline": baseline_ckpt}, prune_settings, prune_stage)

@@ -703,6 +703,13 @@ def config_build_keep_whole_unknown(c: Ctx) -> Made:
              "--set", "build.keep_whole=[backbone.features.2.conv]"], "build.keep_whole")
 
 
+def config_build_channel_criterion_unknown(c: Ctx) -> Made:
+    # An unknown build.channel_criterion stops the build before its first stage too.
+    out = c.tmp / "run"
+    return (["build", "--data", str(c.voc), "--checkpoint", str(c.ckpt), "--out", str(out),
+             "--set", "build.channel_criterion=l2"], "build.channel_criterion")
+
+
 def out_eval_json_under_a_file(c: Ctx) -> Made:
     blocker = c.tmp / "out.txt"
     blocker.write_text("a file, not a folder")
@@ -873,6 +880,8 @@ CASES = [
     Case("build-out-under-a-file", out_build_under_a_file, 2, "{culprit}/run: output folder is not writable"),
     Case("config-build-keep-whole-unknown", config_build_keep_whole_unknown, 2,
          "{culprit}: not the producer of a prunable channel group: .*backbone.features.2.conv'.*prunable producers"),
+    Case("config-build-channel-criterion-unknown", config_build_channel_criterion_unknown, 2,
+         "{culprit} 'l2': choose from l1, entropy, group-l1"),
     Case("eval-json-under-a-file", out_eval_json_under_a_file, 2, "{culprit}: exists and is not a folder"),
     Case("eval-json-permission-denied", out_permission_denied, 2, "{culprit}: Permission denied"),
     Case("disk-full-eval-json", out_disk_full_eval_json, 2, "{culprit}: No space left on device"),

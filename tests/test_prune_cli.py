@@ -48,7 +48,7 @@ def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert plan["method"] == "richness" and plan["target"] == {"kind": "flops", "reduction": 0.5}
+    assert plan["method"] == "richness" and plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "l1"}
     assert 0.5 <= metrics["flops_reduction"] < 0.65
     assert set(metrics["seconds"]) >= {"analyse", "prune", "eval_pruned"}
     assert "ap50_before_finetune" in metrics and "overall" in metrics["ap50_before_finetune"]
@@ -71,7 +71,8 @@ def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, t
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert plan["target"] == {"kind": "latency", "reduction": 0.4, "latency_model": "ort-cpu", "latency_tilt": 1.0}
+    assert plan["target"] == {"kind": "latency", "reduction": 0.4, "latency_model": "ort-cpu", "latency_tilt": 1.0,
+                              "channel_criterion": "l1"}
     assert 0.4 <= metrics["modelled_latency_reduction"] < 0.55
     assert '"modelled_latency_reduction"' in stdout
 
@@ -84,7 +85,7 @@ def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_chec
                        "--out", str(out)])
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
-    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream]}
+    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream], "channel_criterion": "l1"}
     assert plan["layers"][stream]["keep_out"] is None  # every channel of the stream kept
     assert plan["layers"]["backbone.features.3.conv.2"]["keep_out"] is None  # its residual partner too
     assert 0.6 <= json.loads((out / "metrics.json").read_text())["flops_reduction"] < 0.7
@@ -93,6 +94,24 @@ def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_chec
                        "--target-flops", "0.6", "--calibration-images", "6", "--no-eval", "--out", str(tmp_path / "b")])
     assert rc == 0, err
     assert load_plan(tmp_path / "b" / "plan.json")["layers"][stream]["keep_out"] is not None
+
+
+def test_prune_channel_criterion_group_l1_changes_the_channels_not_their_count(tmp_path, voc_sample,
+                                                                              tiny_checkpoint):
+    plans = {}
+    for crit in ("l1", "group-l1"):
+        rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                           "--target-flops", "0.5", "--method", "l1", "--channel-criterion", crit,
+                           "--calibration-images", "6", "--no-eval", "--out", str(tmp_path / crit)])
+        assert rc == 0, err
+        plans[crit] = load_plan(tmp_path / crit / "plan.json")
+    assert plans["group-l1"]["target"]["channel_criterion"] == "group-l1"
+    assert plans["group-l1"]["achieved"] == plans["l1"]["achieved"]
+    counts = {c: {n: len(s["keep_out"]) for n, s in p["layers"].items() if s["keep_out"] is not None}
+              for c, p in plans.items()}
+    assert counts["group-l1"] == counts["l1"]
+    assert any(plans["group-l1"]["layers"][n]["keep_out"] != plans["l1"]["layers"][n]["keep_out"]
+               for n in counts["l1"])
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -43,6 +43,10 @@ def register(sub) -> None:
                         "strides 4 and 8 (backbone.features.2.conv.2 and .4.conv.2: 24 and 32 channels that carry "
                         "fine detail to the stride-8 head); a name that opens no prunable group is an error that "
                         "lists the ones that do")
+    p.add_argument("--channel-criterion", choices=["l1", "entropy", "group-l1"], default="l1",
+                   help="which channels a group keeps once its count is set: the producers' filter L1 norm, the "
+                        "per-channel activation entropy, or group-l1, the magnitude over every layer that writes or "
+                        "reads the channels (producers, BatchNorms, depthwise and consuming convolutions)")
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                     eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
                     sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
                     baseline_ap=baseline_ap, latency_model=args.latency_model, latency_tilt=args.latency_tilt,
-                    keep_whole=args.keep_whole, finetune=args.finetune, finetune_seconds=args.finetune_seconds,
+                    keep_whole=args.keep_whole, channel_criterion=args.channel_criterion, finetune=args.finetune, finetune_seconds=args.finetune_seconds,
                     retrain_options={"graft_every": args.graft_every, "round_to": args.round_to,
                                      "min_channels": args.min_channels},
                     layer_options={"layer_share": args.layer_share, "layer_lambda": args.layer_lambda,
