@@ -81,6 +81,23 @@ def torch_pruning_variant(model, target_macs: int, size: int, round_to: int = 8,
     return m, macs, ratio
 
 
+def method_options(method: str, latency_model: str, latency_tilt: float, capacity_tilt: float):
+    """One of our method names (``base+option+...``) as (base method, its options, the plan_pruning keywords they
+    set); ``comp`` and ``streams`` are applied by the caller."""
+    base_method, *options = method.split("+")
+    unknown = set(options) - {"comp", "streams", "lat", "cap", "gl1"}
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown option(s) {sorted(unknown)}")
+    kw: Dict[str, Any] = {}
+    if "lat" in options:
+        kw.update(latency_model=latency_model, latency_tilt=latency_tilt)
+    if "cap" in options:
+        kw["capacity_tilt"] = capacity_tilt
+    if "gl1" in options:
+        kw["channel_criterion"] = "group-l1"
+    return base_method, options, kw
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="VOCdevkit root")
@@ -161,12 +178,8 @@ def main(argv=None) -> int:
                 pruned, _, ratio = torch_pruning_variant(baseline, ours_macs, size, round_to=args.round_to,
                                                          keep_whole=tp_whole)
             else:
-                base_method, *options = method.split("+")
-                lat = {"latency_model": args.latency_model, "latency_tilt": args.latency_tilt} if "lat" in options else {}
-                if "cap" in options:
-                    lat["capacity_tilt"] = args.capacity_tilt
-                if "gl1" in options:
-                    lat["channel_criterion"] = "group-l1"
+                base_method, options, lat = method_options(method, args.latency_model, args.latency_tilt,
+                                                           args.capacity_tilt)
                 whole = expand_keep_whole(baseline, args.keep_whole + (["fine-streams"] if "streams" in options else []))
                 dec = plan_pruning(baseline, base_method, target, calib, round_to=args.round_to,
                                    min_channels=min_ch, keep_whole=whole, **lat)

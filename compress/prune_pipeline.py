@@ -97,16 +97,14 @@ def plan_pruning(
     latency_tilt: float = 0.0,
     keep_whole: Sequence[str] = (),
     capacity_tilt: float = 0.0,
-    richness_offset: float = 0.5,
 ) -> Dict[str, Any]:
     """Decide what to keep. Returns dg, keep (group -> indices), allocation info and per-group diagnostics.
     ``latency_model`` (a key of :data:`compress.criteria.LATENCY_MODELS`) serves a ``"latency"`` target and the
     latency-aware ``latency_tilt`` of the richness allocation. ``keep_whole``: module names (convolutions) whose
     channel groups keep every channel, or ``fine-streams`` (:func:`expand_keep_whole`); the target is met by cutting
     the others. ``capacity_tilt``: :func:`compress.criteria.allocate`'s, keeping the low-resolution layers (and
-    their parameters) wider at the same FLOPs. ``richness_offset`` (richness/entropy): keep ratio proportional to
-    ``offset + R`` (R in [0, 1]); the larger, the nearer to a uniform ratio (the spread between the poorest and the
-    richest group is ``(offset + 1) / offset``)."""
+    their parameters) wider at the same FLOPs. ``channel_criterion``: which channels a group keeps once its count is
+    set (:data:`CHANNEL_CRITERIA`)."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS}")
     if channel_criterion not in CHANNEL_CRITERIA:
@@ -130,7 +128,7 @@ def plan_pruning(
     whole = groups_of(dg, expand_keep_whole(model, keep_whole))
     counts, info = allocate(dg, modules, alloc_method, target_reduction, target_kind, round_to, min_channels,
                             richness=richness, bn_scores=bn_scores, latency_tilt=latency_tilt, keep_whole=whole,
-                            capacity_tilt=capacity_tilt, offset=richness_offset,
+                            capacity_tilt=capacity_tilt,
                             latency_model=LATENCY_MODELS[latency_model] if latency_model else None)
     if method == "bn":
         scores = bn_scores

@@ -53,3 +53,18 @@ def test_torch_pruning_keeps_the_fine_streams_whole_when_asked() -> None:
     assert sum(after[n].out_channels < m.out_channels for n, m in before.items()
                if isinstance(m, torch.nn.Conv2d)) > 10
     assert macs < 0.6 * base
+
+
+def test_method_names_map_to_the_planner_options() -> None:
+    from benchmarks.prune_compare import METHODS, method_options
+
+    assert method_options("richness+comp+streams+gl1", "ort-cpu", 0.5, 0.25) == (
+        "richness", ["comp", "streams", "gl1"], {"channel_criterion": "group-l1"})
+    assert method_options("richness+comp+lat", "ort-cpu", 0.5, 0.25) == (
+        "richness", ["comp", "lat"], {"latency_model": "ort-cpu", "latency_tilt": 0.5})
+    assert method_options("l1+comp+streams", "ort-cpu", 0.5, 0.25) == ("l1", ["comp", "streams"], {})
+    for m in METHODS:  # every offered method parses
+        if not m.startswith("torch-pruning"):
+            method_options(m, "ort-cpu", 0.5, 0.25)
+    with pytest.raises(ValueError, match="unknown option"):
+        method_options("richness+gl2", "ort-cpu", 0.5, 0.25)
