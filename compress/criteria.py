@@ -1,7 +1,9 @@
 """Importance criteria and per-group keep ratios (methods M1 and the baselines it is compared with).
 
 Per-channel scores of a coupled group (coupled channels are scored and removed together, scores summed over the
-group's producers): filter L1 norm, BatchNorm scaling factor |gamma|, activation entropy.
+group's producers): filter L1 norm, BatchNorm scaling factor |gamma|, activation entropy; and the group-aggregated
+magnitude (``group_l1``: every layer that writes or reads the channels — producers, BatchNorms, depthwise and
+consuming convolutions — each normalised by its mean, averaged).
 
 Per-group keep ratios:
 - ``uniform``: the same ratio for every group (the classic L1 baseline);

@@ -125,8 +125,10 @@ def write_report(run_dir: Path, bundle_dir: Path, bench: Dict[str, Any], accurac
         f"Pruning: **{plan['method']}**, target -{100 * plan['target']['reduction']:.0f}% {plan['target']['kind']}, "
         f"achieved -{100 * plan['achieved']['flops_reduction']:.1f}% FLOPs and "
         f"-{100 * plan['achieved']['params_reduction']:.1f}% parameters"
-        + (f"; kept whole: {', '.join(f'`{n}`' for n in plan['target']['keep_whole'])}."
-           if plan["target"].get("keep_whole") else "."),
+        + (f"; kept whole: {', '.join(f'`{n}`' for n in plan['target']['keep_whole'])}"
+           if plan["target"].get("keep_whole") else "")
+        + (f"; channels chosen by {plan['target']['channel_criterion']}."
+           if plan["target"].get("channel_criterion") else "."),
         f"Latency measured by the device runtime (`{bench.get('backend')}` backend) with warm-up, all variants in one "
         "run; accuracy measured on the exported ONNX through `runtime/` (not on the torch model).", "",
         "\n".join(lines), "",
