@@ -10,8 +10,9 @@ interleaved round by round, median of the repeats after warm-up.
 Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; ``+lat``: the latency-aware
 allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``: the backbone's residual streams at
 strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone; ``+cap``: the capacity tilt,
-``--capacity-tilt``; ``+gl1``: channels chosen by the group-aggregated magnitude, ``compress.criteria.group_l1``), ``l1`` (uniform L1; ``l1+comp+streams``: uniform keep ratio with ours' compensation and
-fine streams — the allocation ablation of ``richness+comp+streams``),
+``--capacity-tilt``; ``+gl1``: channels chosen by the group-aggregated magnitude, ``compress.criteria.group_l1``),
+``l1`` (uniform L1; ``l1+comp+streams``: uniform keep ratio with ours' compensation and fine streams — the
+allocation ablation of ``richness+comp+streams``),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``; ``torch-pruning+streams``:
 the same with the fine streams kept whole, given to it as ignored layers — the fairness check of ours' ``+streams``).

@@ -123,6 +123,13 @@ def test_the_cli_offers_every_latency_model():
     assert set(LATENCY_MODEL_NAMES) == set(LATENCY_MODELS)
 
 
+def test_the_cli_offers_every_channel_criterion():
+    from compress.prune_pipeline import CHANNEL_CRITERIA
+    from jetson_compress.commands.prune import CHANNEL_CRITERION_NAMES
+
+    assert CHANNEL_CRITERION_NAMES == CHANNEL_CRITERIA
+
+
 def test_capacity_tilt_keeps_parameters_at_the_same_flops():
     """The capacity tilt moves the cut towards the groups that save many MACs per parameter (high resolution):
     the same FLOPs reduction, more parameters kept, and the most parameter-heavy group keeps more channels."""

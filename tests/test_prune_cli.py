@@ -48,7 +48,8 @@ def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert plan["method"] == "richness" and plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "l1"}
+    assert plan["method"] == "richness"
+    assert plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "l1"}
     assert 0.5 <= metrics["flops_reduction"] < 0.65
     assert set(metrics["seconds"]) >= {"analyse", "prune", "eval_pruned"}
     assert "ap50_before_finetune" in metrics and "overall" in metrics["ap50_before_finetune"]

@@ -12,6 +12,8 @@ from jetson_compress.commands.common import add_config_args, add_data_args, open
 
 # The keys of compress.criteria.LATENCY_MODELS (a test keeps them equal), so registering the command imports no torch.
 LATENCY_MODEL_NAMES = ("ort-cpu", "jetson-nano-fp16")
+# compress.prune_pipeline.CHANNEL_CRITERIA, for the same reason (a test keeps them equal).
+CHANNEL_CRITERION_NAMES = ("l1", "entropy", "group-l1")
 
 
 def register(sub) -> None:
@@ -43,7 +45,7 @@ def register(sub) -> None:
                         "strides 4 and 8 (backbone.features.2.conv.2 and .4.conv.2: 24 and 32 channels that carry "
                         "fine detail to the stride-8 head); a name that opens no prunable group is an error that "
                         "lists the ones that do")
-    p.add_argument("--channel-criterion", choices=["l1", "entropy", "group-l1"], default="l1",
+    p.add_argument("--channel-criterion", choices=CHANNEL_CRITERION_NAMES, default="l1",
                    help="which channels a group keeps once its count is set: the producers' filter L1 norm, the "
                         "per-channel activation entropy, or group-l1, the magnitude over every layer that writes or "
                         "reads the channels (producers, BatchNorms, depthwise and consuming convolutions)")
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                     eval_cfg=cfg["eval"], resolved_config=cfg, calibration_images=args.calibration_images,
                     sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
                     baseline_ap=baseline_ap, latency_model=args.latency_model, latency_tilt=args.latency_tilt,
-                    keep_whole=args.keep_whole, channel_criterion=args.channel_criterion, finetune=args.finetune, finetune_seconds=args.finetune_seconds,
+                    keep_whole=args.keep_whole, channel_criterion=args.channel_criterion, finetune=args.finetune,
+                    finetune_seconds=args.finetune_seconds,
                     retrain_options={"graft_every": args.graft_every, "round_to": args.round_to,
                                      "min_channels": args.min_channels},
                     layer_options={"layer_share": args.layer_share, "layer_lambda": args.layer_lambda,
