@@ -12,7 +12,8 @@ allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``:
 strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone; ``+cap``: the capacity tilt,
 ``--capacity-tilt``; ``+gl1``: channels chosen by the group-aggregated magnitude, ``compress.criteria.group_l1``),
 ``l1`` (uniform L1; ``l1+comp+streams``: uniform keep ratio with ours' compensation and fine streams — the
-allocation ablation of ``richness+comp+streams``),
+allocation ablation of ``richness+comp+streams``; ``l1+comp+streams+gl1``: the same with the group-aggregated
+magnitude, Torch-Pruning's uniform allocation and importance with ours' compensation and fine streams),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``; ``torch-pruning+streams``:
 the same with the fine streams kept whole, given to it as ignored layers — the fairness check of ours' ``+streams``).
@@ -45,7 +46,7 @@ from compress.voc import VOCDataset  # noqa: E402
 METHODS = ["richness", "richness+comp", "richness+streams", "richness+comp+streams", "richness+comp+streams+cap",
            "richness+comp+streams+gl1", "richness+lat",
            "richness+comp+lat", "entropy",
-           "entropy+comp", "l1", "l1+comp+streams", "bn", "torch-pruning", "torch-pruning+streams"]
+           "entropy+comp", "l1", "l1+comp+streams", "l1+comp+streams+gl1", "bn", "torch-pruning", "torch-pruning+streams"]
 # entropy (M1's alpha = 1), the '+streams' structure and the capacity tilt: on request
 DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m]
 

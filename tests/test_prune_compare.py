@@ -63,6 +63,8 @@ def test_method_names_map_to_the_planner_options() -> None:
     assert method_options("richness+comp+lat", "ort-cpu", 0.5, 0.25) == (
         "richness", ["comp", "lat"], {"latency_model": "ort-cpu", "latency_tilt": 0.5})
     assert method_options("l1+comp+streams", "ort-cpu", 0.5, 0.25) == ("l1", ["comp", "streams"], {})
+    assert method_options("l1+comp+streams+gl1", "ort-cpu", 0.5, 0.25) == (
+        "l1", ["comp", "streams", "gl1"], {"channel_criterion": "group-l1"})
     for m in METHODS:  # every offered method parses
         if not m.startswith("torch-pruning"):
             method_options(m, "ort-cpu", 0.5, 0.25)
