@@ -49,7 +49,7 @@ def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny
     plan = load_plan(out / "plan.json")
     metrics = json.loads((out / "metrics.json").read_text())
     assert plan["method"] == "richness"
-    assert plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "l1"}
+    assert plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "group-l1"}
     assert 0.5 <= metrics["flops_reduction"] < 0.65
     assert set(metrics["seconds"]) >= {"analyse", "prune", "eval_pruned"}
     assert "ap50_before_finetune" in metrics and "overall" in metrics["ap50_before_finetune"]
@@ -73,7 +73,7 @@ def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, t
     plan = load_plan(out / "plan.json")
     metrics = json.loads((out / "metrics.json").read_text())
     assert plan["target"] == {"kind": "latency", "reduction": 0.4, "latency_model": "ort-cpu", "latency_tilt": 1.0,
-                              "channel_criterion": "l1"}
+                              "channel_criterion": "group-l1"}
     assert 0.4 <= metrics["modelled_latency_reduction"] < 0.55
     assert '"modelled_latency_reduction"' in stdout
 
@@ -86,7 +86,7 @@ def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_chec
                        "--out", str(out)])
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
-    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream], "channel_criterion": "l1"}
+    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream], "channel_criterion": "group-l1"}
     assert plan["layers"][stream]["keep_out"] is None  # every channel of the stream kept
     assert plan["layers"]["backbone.features.3.conv.2"]["keep_out"] is None  # its residual partner too
     assert 0.6 <= json.loads((out / "metrics.json").read_text())["flops_reduction"] < 0.7

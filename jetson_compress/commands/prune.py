@@ -45,10 +45,11 @@ def register(sub) -> None:
                         "strides 4 and 8 (backbone.features.2.conv.2 and .4.conv.2: 24 and 32 channels that carry "
                         "fine detail to the stride-8 head); a name that opens no prunable group is an error that "
                         "lists the ones that do")
-    p.add_argument("--channel-criterion", choices=CHANNEL_CRITERION_NAMES, default="l1",
-                   help="which channels a group keeps once its count is set: the producers' filter L1 norm, the "
-                        "per-channel activation entropy, or group-l1, the magnitude over every layer that writes or "
-                        "reads the channels (producers, BatchNorms, depthwise and consuming convolutions)")
+    p.add_argument("--channel-criterion", choices=CHANNEL_CRITERION_NAMES, default="group-l1",
+                   help="which channels a group keeps once its count is set: group-l1 (the default), the magnitude "
+                        "over every layer that writes or reads the channels (producers, BatchNorms, depthwise and "
+                        "consuming convolutions); l1, the producers' filter L1 norm alone; or the per-channel "
+                        "activation entropy")
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
