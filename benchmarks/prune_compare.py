@@ -16,7 +16,9 @@ allocation ablation of ``richness+comp+streams``; ``l1+comp+streams+gl1``: the s
 magnitude, Torch-Pruning's uniform allocation and importance with ours' compensation and fine streams),
 ``bn`` (BN slimming), ``torch-pruning`` (the torch-pruning package, MagnitudeImportance(p=1), uniform ratio found
 by bisection to land as close as its rounding allows to ours' FLOPs, the same ``--round-to``; ``torch-pruning+streams``:
-the same with the fine streams kept whole, given to it as ignored layers — the fairness check of ours' ``+streams``).
+the same with the fine streams kept whole, given to it as ignored layers — the fairness check of ours' ``+streams``),
+``unpruned`` (the control: the baseline itself given the same fine-tune, once, whatever the targets — how much of
+a pruned model's AP50 after a long fine-tune is the extra training rather than recovery from the cut).
 Results: JSON, Markdown table and a plot of AP50
 against latency in ``benchmarks/results/``.
 """
@@ -46,9 +48,10 @@ from compress.voc import VOCDataset  # noqa: E402
 METHODS = ["richness", "richness+comp", "richness+streams", "richness+comp+streams", "richness+comp+streams+cap",
            "richness+comp+streams+gl1", "richness+lat",
            "richness+comp+lat", "entropy",
-           "entropy+comp", "l1", "l1+comp+streams", "l1+comp+streams+gl1", "bn", "torch-pruning", "torch-pruning+streams"]
-# entropy (M1's alpha = 1), the '+streams' structure and the capacity tilt: on request
-DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m]
+           "entropy+comp", "l1", "l1+comp+streams", "l1+comp+streams+gl1", "bn", "torch-pruning", "torch-pruning+streams",
+           "unpruned"]
+# entropy (M1's alpha = 1), the '+streams' structure, the capacity tilt and the unpruned control: on request
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m and m != "unpruned"]
 
 
 def torch_pruning_at(model, ratio: float, size: int, round_to: int = 8, keep_whole: Sequence[str] = ()):
@@ -167,11 +170,15 @@ def main(argv=None) -> int:
     for target in args.targets:
         ours_macs = None
         for method in args.methods:
-            name = f"{method}@{int(target * 100)}"
+            if method == "unpruned" and target != args.targets[0]:
+                continue  # the control has no target: fine-tuned once
+            name = "unpruned" if method == "unpruned" else f"{method}@{int(target * 100)}"
             print(f"== {name}", flush=True)
             t = time.perf_counter()
             plan = None  # ours: the prune plan goes into the fine-tuned checkpoint (jetson-compress eval loads it)
-            if method.startswith("torch-pruning"):
+            if method == "unpruned":
+                pruned = copy.deepcopy(baseline)  # the control: what the same fine-tune does without any cut
+            elif method.startswith("torch-pruning"):
                 if ours_macs is None:
                     dec = plan_pruning(baseline, "l1", target, calib, round_to=args.round_to,
                                        min_channels=min_ch)
@@ -205,7 +212,8 @@ def main(argv=None) -> int:
                 ap_after = summ["ap50"]["overall"]
                 # A time budget is spent once, on the first variant; all others get the epochs it bought.
                 ft_cfg.update(epochs=summ["epochs"], time_budget_s=None)
-            rows.append({"variant": name, "method": method, "target": target, "flops": cost.flops,
+            rows.append({"variant": name, "method": method, "target": 0.0 if method == "unpruned" else target,
+                         "flops": cost.flops,
                          "params": cost.params, "ap50_before": ap_before, "ap50_after": ap_after,
                          "seconds_prune": t_prune, "seconds_finetune": time.perf_counter() - t,
                          "finetune_epochs": ft_cfg["epochs"]})

@@ -1,5 +1,7 @@
 """The Torch-Pruning arm of benchmarks/prune_compare.py: it must land as close to the FLOPs target as a uniform
 ratio allows, so the head-to-head compares models of (nearly) the same cost."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,21 @@ def test_method_names_map_to_the_planner_options() -> None:
             method_options(m, "ort-cpu", 0.5, 0.25)
     with pytest.raises(ValueError, match="unknown option"):
         method_options("richness+gl2", "ort-cpu", 0.5, 0.25)
+
+
+def test_the_unpruned_control_is_the_baseline_fine_tuned_once(tmp_path, voc_sample) -> None:
+    # The control row: the baseline's FLOPs and parameters, its AP50 before fine-tuning, no FLOPs target, and one row
+    # however many targets are asked for (a pruned method gets one per target).
+    from benchmarks.prune_compare import main
+
+    out = tmp_path / "pc"
+    assert main(["--data", str(voc_sample), "--targets", "0.5", "0.7", "--methods", "unpruned", "l1",
+                 "--finetune-epochs", "1", "--set", "train.batch_size=4", "--latency-rounds", "0", "--threads", "1",
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "prune_compare.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["baseline", "unpruned", "l1@50", "l1@70"]
+    base, ctrl = rows[0], rows[1]
+    assert ctrl["target"] == 0.0 and ctrl["finetune_epochs"] == 1
+    assert (ctrl["flops"], ctrl["params"]) == (base["flops"], base["params"])
+    assert ctrl["ap50_before"] == pytest.approx(base["ap50_after"], abs=1e-9)
+    assert rows[2]["flops"] < base["flops"] / 1.9 and rows[3]["flops"] < base["flops"] / 3.0
