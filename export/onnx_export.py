@@ -342,7 +342,7 @@ def export_onnx(
     fold: str = "auto",
     verify: bool = True,
     atol: float = 1e-4,
-    rtol: float = 1e-5,
+    rtol: float = 1e-4,
     seed: int = 0,
 ) -> Dict[str, Any]:
     """Export ``model`` (a `compress.detector.Detector`) to a static-shape ONNX file at ``path``.
@@ -351,8 +351,12 @@ def export_onnx(
     sigmoid — the model's export mode. The model's train/eval and export_mode flags are restored afterwards.
 
     ``verify`` runs ONNX Runtime on a seeded random input and requires ``|onnx - torch| <= atol + rtol * |torch|``
-    for both outputs (the max abs difference is reported in ``info["parity"]``). Nothing is written at ``path`` if
-    any check fails. Returns an info dict (opset, shapes, ops, sha256, bytes, parity, folding method, metadata).
+    for both outputs (the max abs difference is reported in ``info["parity"]``; ``|torch|`` is the output's largest
+    magnitude). ``rtol`` is 1e-4 because the boxes come out of ``exp``: the float32 rounding of a deep network's
+    regression logits, which differs between ONNX Runtime's and torch's kernels and between CPUs, becomes a relative
+    error of the boxes (1.6e-5 measured on an AMD EPYC for a randomly initialised detector whose boxes reach 2248 px;
+    below 1e-5 on the Intel Xeon the bound was set on). An export bug moves them by far more. Nothing is written at
+    ``path`` if any check fails. Returns an info dict (opset, shapes, ops, sha256, bytes, parity, folding method, metadata).
     """
     started = time.perf_counter()
     path = Path(path)
