@@ -48,8 +48,8 @@ from compress.voc import VOCDataset  # noqa: E402
 METHODS = ["richness", "richness+comp", "richness+streams", "richness+comp+streams", "richness+comp+streams+cap",
            "richness+comp+streams+gl1", "richness+lat",
            "richness+comp+lat", "entropy",
-           "entropy+comp", "l1", "l1+comp+streams", "l1+comp+streams+gl1", "bn", "torch-pruning", "torch-pruning+streams",
-           "unpruned"]
+           "entropy+comp", "l1", "l1+comp+streams", "l1+comp+streams+gl1", "bn", "torch-pruning",
+           "torch-pruning+streams", "unpruned"]
 # entropy (M1's alpha = 1), the '+streams' structure, the capacity tilt and the unpruned control: on request
 DEFAULT_METHODS = [m for m in METHODS if not m.startswith("entropy") and "streams" not in m and m != "unpruned"]
 

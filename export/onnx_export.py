@@ -356,7 +356,8 @@ def export_onnx(
     regression logits, which differs between ONNX Runtime's and torch's kernels and between CPUs, becomes a relative
     error of the boxes (1.6e-5 measured on an AMD EPYC for a randomly initialised detector whose boxes reach 2248 px;
     below 1e-5 on the Intel Xeon the bound was set on). An export bug moves them by far more. Nothing is written at
-    ``path`` if any check fails. Returns an info dict (opset, shapes, ops, sha256, bytes, parity, folding method, metadata).
+    ``path`` if any check fails. Returns an info dict (opset, shapes, ops, sha256, bytes, parity, folding method,
+    metadata).
     """
     started = time.perf_counter()
     path = Path(path)

@@ -86,7 +86,8 @@ def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_chec
                        "--out", str(out)])
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
-    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream], "channel_criterion": "group-l1"}
+    assert plan["target"] == {"kind": "flops", "reduction": 0.6, "keep_whole": [stream],
+                              "channel_criterion": "group-l1"}
     assert plan["layers"][stream]["keep_out"] is None  # every channel of the stream kept
     assert plan["layers"]["backbone.features.3.conv.2"]["keep_out"] is None  # its residual partner too
     assert 0.6 <= json.loads((out / "metrics.json").read_text())["flops_reduction"] < 0.7

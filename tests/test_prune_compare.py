@@ -1,5 +1,6 @@
-"""The Torch-Pruning arm of benchmarks/prune_compare.py: it must land as close to the FLOPs target as a uniform
-ratio allows, so the head-to-head compares models of (nearly) the same cost."""
+"""benchmarks/prune_compare.py: the Torch-Pruning arm must land as close to the FLOPs target as a uniform ratio
+allows, so the head-to-head compares models of (nearly) the same cost; method names map to the planner's options;
+the unpruned control is the baseline fine-tuned once."""
 import json
 
 import numpy as np
