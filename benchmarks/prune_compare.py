@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=5)
     ap.add_argument("--finetune-lr", type=float,
                     help="peak learning rate of the fine-tune (default: the configuration's train.lr)")
+    ap.add_argument("--finetune-warmup", type=float, default=0.0, metavar="EPOCHS",
+                    help="linear learning-rate warm-up of the fine-tune, in epochs (0, the default: none; the "
+                         "build's fine-tune uses the configuration's train.warmup_epochs, 1)")
     ap.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="fine-tune every method with W x head-output distillation from the unpruned baseline "
                          "(0, the default: the detection loss alone)")
@@ -158,9 +161,11 @@ def main(argv=None) -> int:
     rows: List[Dict[str, Any]] = []
     models: Dict[str, Any] = {"baseline": baseline}
     base_cost = count_flops_params(baseline, (1, 3, size, size))
-    # One fine-tune configuration for every method: the baseline's training settings, no warm-up, the overrides given.
+    # One fine-tune configuration for every method: the baseline's training settings, the warm-up asked for (none by
+    # default), the overrides given.
     overrides = {"lr": args.finetune_lr, "seed": args.seed, "freeze_blocks": args.freeze_blocks}
-    ft_cfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=0, distill_weight=args.distill,
+    ft_cfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=args.finetune_warmup,
+                  distill_weight=args.distill,
                   **{k: v for k, v in overrides.items() if v is not None})
     t = time.perf_counter()
     base_ap = summary_ap(evaluate_model(baseline, test_set, size, cfg["eval"]))["overall"]
@@ -233,7 +238,8 @@ def main(argv=None) -> int:
               "finetune_epochs_requested": args.finetune_epochs, "distill_weight": args.distill,
               "finetune_device": str(resolve_device(ft_cfg.get("device"))), "overrides": args.set,
               "finetune_seed": ft_cfg["seed"], "finetune_lr": ft_cfg["lr"], "round_to": args.round_to,
-              "freeze_blocks": ft_cfg["freeze_blocks"],
+              "freeze_blocks": ft_cfg["freeze_blocks"], "finetune_warmup_epochs": ft_cfg["warmup_epochs"],
+              "ema_decay": ft_cfg.get("ema_decay"),
               "latency_tilt": args.latency_tilt, "latency_model": args.latency_model,
               "capacity_tilt": args.capacity_tilt,
               "keep_whole": expand_keep_whole(baseline, args.keep_whole),
