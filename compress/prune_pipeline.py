@@ -439,6 +439,8 @@ def run_prune(
 
         cfg = dict(train_cfg or {})
         cfg["epochs"] = finetune_epochs
+        # The caller's warm-up where it gives one (the build and `prune` pass the configuration's
+        # train.warmup_epochs, 1 by default); none where it gives none.
         cfg.setdefault("warmup_epochs", 0)
         t = time.perf_counter()
         summary = train(pruned, train_set, out_dir / "finetune", cfg, eval_set=test_set, eval_cfg=eval_cfg,

@@ -82,9 +82,11 @@ def test_the_unpruned_control_is_the_baseline_fine_tuned_once(tmp_path, voc_samp
 
     out = tmp_path / "pc"
     assert main(["--data", str(voc_sample), "--targets", "0.5", "0.7", "--methods", "unpruned", "l1",
-                 "--finetune-epochs", "1", "--set", "train.batch_size=4", "--latency-rounds", "0", "--threads", "1",
-                 "--out", str(out)]) == 0
-    rows = json.loads((out / "prune_compare.json").read_text())["rows"]
+                 "--finetune-epochs", "1", "--finetune-warmup", "0.5", "--set", "train.batch_size=4",
+                 "--set", "train.ema_decay=0.999", "--latency-rounds", "0", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "prune_compare.json").read_text())
+    assert (result["finetune_warmup_epochs"], result["ema_decay"]) == (0.5, 0.999)  # the recipe, as run, recorded
+    rows = result["rows"]
     assert [r["variant"] for r in rows] == ["baseline", "unpruned", "l1@50", "l1@70"]
     base, ctrl = rows[0], rows[1]
     assert ctrl["target"] == 0.0 and ctrl["finetune_epochs"] == 1
