@@ -1,7 +1,7 @@
 """Ours against Torch-Pruning as the fine-tune budget grows: collects committed ``prune_compare.py`` results
 (JSON) and tabulates / plots AP50 after fine-tuning against the fine-tune epochs, per FLOPs target and method, every
-seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks
-and learning rate, our allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the
+seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks,
+learning rate and EMA decay, no warm-up (``prune_compare.py``'s default), our allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the
 rounding).
 
     python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json [--drop PATTERN[:METHOD] ...]
@@ -59,6 +59,7 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> Li
         whole = d.get("keep_whole") or []
         if (d.get("round_to") != round_to or (d.get("distill_weight") or 0.0) != 0.0
                 or d.get("freeze_blocks") not in (None, 4) or d.get("finetune_lr") not in (None, 0.002)
+                or (d.get("finetune_warmup_epochs") or 0) != 0 or d.get("ema_decay") not in (None, 0.9995)
                 or (whole and whole != FINE_STREAMS) or d.get("min_channels", round_to) != round_to):
             continue
         base = next(r["ap50_after"] for r in d["rows"] if r["method"] == "baseline")
