@@ -1,8 +1,8 @@
 """Ours against Torch-Pruning as the fine-tune budget grows: collects committed ``prune_compare.py`` results
 (JSON) and tabulates / plots AP50 after fine-tuning against the fine-tune epochs, per FLOPs target and method, every
 seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks,
-learning rate and EMA decay, no warm-up (``prune_compare.py``'s default), our allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the
-rounding).
+learning rate and EMA decay, no warm-up (``prune_compare.py``'s default), our allocation without structural options
+(``--keep-whole``, a ``--min-channels`` other than the rounding).
 
     python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json [--drop PATTERN[:METHOD] ...]
 
