@@ -1,10 +1,11 @@
 """Ours against Torch-Pruning as the fine-tune budget grows: collects committed ``prune_compare.py`` results
 (JSON) and tabulates / plots AP50 after fine-tuning against the fine-tune epochs, per FLOPs target and method, every
 seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks,
-learning rate and EMA decay, no warm-up (``prune_compare.py``'s default), our allocation without structural options
-(``--keep-whole``, a ``--min-channels`` other than the rounding).
+learning rate and EMA decay, one warm-up length (``--warmup``; none by default, ``prune_compare.py``'s default), our
+allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the rounding).
 
-    python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json [--drop PATTERN[:METHOD] ...]
+    python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json [--warmup EPOCHS] \
+        [--drop PATTERN[:METHOD] ...] [--out PATH]
 
 ``--drop`` leaves out the files whose path contains PATTERN (only METHOD's rows of them, if given): a run superseded
 by a matched one, or a structure that belongs to another comparison.
@@ -26,23 +27,27 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import save_plot  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 
-METHODS = ("richness+comp", "richness+comp+streams", "torch-pruning", "torch-pruning+streams")
-OURS, TP = METHODS[0], METHODS[2]
+METHODS = ("richness+comp", "richness+comp+streams", "richness+comp+streams+gl1", "torch-pruning",
+           "torch-pruning+streams")
+OURS, TP = METHODS[0], METHODS[3]
 # (key, ours' method, Torch-Pruning's method, column heading): the gaps tabulated, on the means of seeds
 GAPS = (("ours_minus_tp", OURS, TP, "ours − TP"),
         ("streams_minus_tp", OURS + "+streams", TP, "ours + streams − TP"),
-        ("streams_minus_tp_streams", OURS + "+streams", TP + "+streams", "ours + streams − TP + streams"))
-HEADINGS = ("richness + comp", "richness + comp + fine streams", "Torch-Pruning", "Torch-Pruning + fine streams")
+        ("streams_minus_tp_streams", OURS + "+streams", TP + "+streams", "ours + streams − TP + streams"),
+        ("gl1_minus_tp", OURS + "+streams+gl1", TP, "ours + streams + group-l1 − TP"))
+HEADINGS = ("richness + comp", "richness + comp + fine streams", "richness + comp + fine streams + group-l1",
+            "Torch-Pruning", "Torch-Pruning + fine streams")
+COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red")
 FINE_STREAMS = ["backbone.features.2.conv.2", "backbone.features.4.conv.2"]  # what ``--keep-whole fine-streams`` names
 
 
-def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> List[Dict[str, Any]]:
+def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=(), warmup: float = 0.0) -> List[Dict[str, Any]]:
     """One record per (file, method, target) of a comparable run: epochs, seed, AP50 after fine-tune.
 
     A run's FLOPs target is taken to the nearest tenth (``target``; the exact one is ``target_exact``): Torch-Pruning's
     uniform ratio lands at -68.3% for a -70% target, and ours is cut to that FLOPs with ``--targets 0.6832``. A run
     made with ``--keep-whole`` naming exactly the fine streams counts as ``richness+comp+streams``; any other
-    structural option leaves the run out. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path
+    structural option leaves the run out, and so does a fine-tune warm-up other than ``warmup`` epochs. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path
     contains PATTERN is left out (only METHOD's rows, after the relabelling above, when METHOD is given)."""
     rules = [(pat, m) if sep else (d, None) for d in drop for pat, sep, m in [d.rpartition(":")]]
     for rule, (pat, m) in zip(drop, rules):
@@ -59,7 +64,7 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=()) -> Li
         whole = d.get("keep_whole") or []
         if (d.get("round_to") != round_to or (d.get("distill_weight") or 0.0) != 0.0
                 or d.get("freeze_blocks") not in (None, 4) or d.get("finetune_lr") not in (None, 0.002)
-                or (d.get("finetune_warmup_epochs") or 0) != 0 or d.get("ema_decay") not in (None, 0.9995)
+                or (d.get("finetune_warmup_epochs") or 0) != warmup or d.get("ema_decay") not in (None, 0.9995)
                 or (whole and whole != FINE_STREAMS) or d.get("min_channels", round_to) != round_to):
             continue
         base = next(r["ap50_after"] for r in d["rows"] if r["method"] == "baseline")
@@ -101,17 +106,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="prune_compare JSON files")
     ap.add_argument("--round-to", type=int, default=16)
+    ap.add_argument("--warmup", type=float, default=0.0, metavar="EPOCHS",
+                    help="tabulate the runs fine-tuned with this learning-rate warm-up (prune_compare's "
+                         "--finetune-warmup; default 0)")
     ap.add_argument("--drop", nargs="+", default=[], metavar="PATTERN[:METHOD]",
                     help="leave out the files whose path contains PATTERN (only METHOD's rows of them, if given)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "prune_compare" / "finetune_budget"))
     args = ap.parse_args(argv)
     try:
-        records = collect([Path(p) for p in args.results], args.round_to, drop=args.drop)
+        records = collect([Path(p) for p in args.results], args.round_to, drop=args.drop, warmup=args.warmup)
     except ValueError as e:
         print(f"finetune_budget: {e}", file=sys.stderr)
         return 2
     if not records:
-        print(f"no comparable run (round_to {args.round_to}, no distillation) among {len(args.results)} files",
+        print(f"no comparable run (round_to {args.round_to}, warm-up {args.warmup:g} epochs, no distillation) among "
+              f"{len(args.results)} files",
               file=sys.stderr)
         return 1
     rows = summarise(records)
@@ -119,7 +128,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(
-        {"round_to": args.round_to, "baseline_ap50": baseline, "rows": rows, "records": records}, indent=2).encode())
+        {"round_to": args.round_to, "finetune_warmup_epochs": args.warmup, "baseline_ap50": baseline, "rows": rows,
+         "records": records}, indent=2).encode())
 
     def cell(v: Dict[str, Any]) -> str:
         if v["mean"] is None:
@@ -127,16 +137,20 @@ def main(argv=None) -> int:
         seeds = " / ".join(f"{ap:.4f}" for _, ap in sorted(v["per_seed"].items()))
         return f"{v['mean']:.4f} ({seeds})" if len(v["per_seed"]) > 1 else seeds
 
-    head = (["FLOPs cut", "fine-tune epochs"] + [f"{h} (seeds)" for h in HEADINGS]
-            + [f"{g[3]} (points)" for g in GAPS] + ["GFLOPs, in the order of the methods"])
+    # Only the methods that ran and the gaps that could be taken get a column.
+    shown = [(m, h) for m, h in zip(METHODS, HEADINGS) if any(r["method"] == m for r in records)]
+    gaps_shown = [g for g in GAPS if any(g[0] in r for r in rows)]
+    head = (["FLOPs cut", "fine-tune epochs"] + [f"{h} (seeds)" for _, h in shown]
+            + [f"{g[3]} (points)" for g in gaps_shown] + ["GFLOPs, in the order of the methods"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        gaps = [f"{100 * r[g[0]]:+.1f}" if g[0] in r else "—" for g in GAPS]
-        gflops = " / ".join(", ".join(f"{g:.3f}" for g in r[m]["gflops"]) or "—" for m in METHODS)
-        lines.append("| " + " | ".join([f"−{int(r['target'] * 100)}%", str(r["epochs"])] + [cell(r[m]) for m in METHODS]
-                                       + gaps + [gflops]) + " |")
+        gaps = [f"{100 * r[g[0]]:+.1f}" if g[0] in r else "—" for g in gaps_shown]
+        gflops = " / ".join(", ".join(f"{g:.3f}" for g in r[m]["gflops"]) or "—" for m, _ in shown)
+        lines.append("| " + " | ".join([f"−{int(r['target'] * 100)}%", str(r["epochs"])]
+                                       + [cell(r[m]) for m, _ in shown] + gaps + [gflops]) + " |")
+    warm = f"a {args.warmup:g}-epoch learning-rate warm-up" if args.warmup else "no warm-up"
     md = (f"# Ours against Torch-Pruning by fine-tune budget\n\nAP50 (VOC07 11-point, original test images) after "
-          f"fine-tuning, channels rounded to {args.round_to}, no distillation; baseline {baseline:.4f}. From "
+          f"fine-tuning ({warm}), channels rounded to {args.round_to}, no distillation; baseline {baseline:.4f}. From "
           f"{len({r['file'] for r in records})} `prune_compare.py` result files (listed in `{out.name}.json`).\n\n"
           + "\n".join(lines) + f"\n\n![AP50 by fine-tune epochs]({out.name}.png)\n")
     atomic_write_bytes(out.with_suffix(".md"), md.encode())
@@ -144,7 +158,7 @@ def main(argv=None) -> int:
 
     def draw(axes):
         for ax, target in zip(axes, targets):
-            for m, colour in zip(METHODS, ("tab:blue", "tab:green", "tab:orange", "tab:red")):
+            for m, colour in zip(METHODS, COLOURS):
                 pts = [r for r in records if r["target"] == target and r["method"] == m]
                 ax.plot([r["epochs"] for r in pts], [r["ap50"] for r in pts], "o", color=colour, alpha=0.5)
                 means = [(r["epochs"], r[m]["mean"]) for r in rows if r["target"] == target and r[m]["mean"] is not None]

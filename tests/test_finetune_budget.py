@@ -93,3 +93,20 @@ def test_torch_pruning_with_the_streams_is_its_own_column(tmp_path):
     assert rows[0]["streams_minus_tp"] == pytest.approx(0.585 - 0.566)
     assert rows[0]["streams_minus_tp_streams"] == pytest.approx(0.585 - 0.577)
     assert "ours_minus_tp" not in rows[0]
+
+
+def test_warmup_selects_its_own_runs_and_group_l1_has_its_gap(tmp_path):
+    """``--warmup 1`` tabulates only runs fine-tuned with a one-epoch warm-up; group-l1's gap is against TP."""
+    files = [
+        _result(tmp_path / "a.json", 8, 0, {("richness+comp+streams+gl1", 0.5): 0.600}, finetune_warmup_epochs=1.0),
+        _result(tmp_path / "b.json", 8, 0, {("torch-pruning", 0.5): 0.580}, finetune_warmup_epochs=1.0),
+        _result(tmp_path / "c.json", 8, 1, {("torch-pruning", 0.5): 0.590}, finetune_warmup_epochs=1.0),
+        _result(tmp_path / "d.json", 8, 1, {("richness+comp+streams+gl1", 0.5): 0.500}),  # no warm-up
+        _result(tmp_path / "e.json", 8, 2, {("torch-pruning", 0.5): 0.500}, finetune_warmup_epochs=2.0),
+    ]
+    records = collect(files, 16, warmup=1.0)
+    assert sorted(r["file"] for r in records) == [str(f) for f in files[:3]]
+    (row,) = summarise(records)
+    assert row["torch-pruning"]["per_seed"] == {0: 0.580, 1: 0.590}
+    assert row["gl1_minus_tp"] == pytest.approx(0.600 - 0.585)
+    assert [r["file"] for r in collect(files, 16)] == [str(files[3])]
