@@ -41,14 +41,16 @@ COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red")
 FINE_STREAMS = ["backbone.features.2.conv.2", "backbone.features.4.conv.2"]  # what ``--keep-whole fine-streams`` names
 
 
-def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=(), warmup: float = 0.0) -> List[Dict[str, Any]]:
+def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=(),
+            warmup: float = 0.0) -> List[Dict[str, Any]]:
     """One record per (file, method, target) of a comparable run: epochs, seed, AP50 after fine-tune.
 
     A run's FLOPs target is taken to the nearest tenth (``target``; the exact one is ``target_exact``): Torch-Pruning's
     uniform ratio lands at -68.3% for a -70% target, and ours is cut to that FLOPs with ``--targets 0.6832``. A run
     made with ``--keep-whole`` naming exactly the fine streams counts as ``richness+comp+streams``; any other
-    structural option leaves the run out, and so does a fine-tune warm-up other than ``warmup`` epochs. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path
-    contains PATTERN is left out (only METHOD's rows, after the relabelling above, when METHOD is given)."""
+    structural option leaves the run out, and so does a fine-tune warm-up other than ``warmup`` epochs. ``drop``:
+    ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path contains PATTERN is left out (only METHOD's rows,
+    after the relabelling above, when METHOD is given)."""
     rules = [(pat, m) if sep else (d, None) for d in drop for pat, sep, m in [d.rpartition(":")]]
     for rule, (pat, m) in zip(drop, rules):
         if m is not None and m not in METHODS:
