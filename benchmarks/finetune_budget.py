@@ -27,17 +27,19 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import save_plot  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 
-METHODS = ("richness+comp", "richness+comp+streams", "richness+comp+streams+gl1", "torch-pruning",
-           "torch-pruning+streams")
-OURS, TP = METHODS[0], METHODS[3]
+# (method, column heading, plot colour), in the order of the table's columns
+COLUMNS = (("richness+comp", "richness + comp", "tab:blue"),
+           ("richness+comp+streams", "richness + comp + fine streams", "tab:green"),
+           ("richness+comp+streams+gl1", "richness + comp + fine streams + group-l1", "tab:purple"),
+           ("torch-pruning", "Torch-Pruning", "tab:orange"),
+           ("torch-pruning+streams", "Torch-Pruning + fine streams", "tab:red"))
+METHODS = tuple(m for m, _, _ in COLUMNS)
+OURS, TP = "richness+comp", "torch-pruning"
 # (key, ours' method, Torch-Pruning's method, column heading): the gaps tabulated, on the means of seeds
 GAPS = (("ours_minus_tp", OURS, TP, "ours − TP"),
         ("streams_minus_tp", OURS + "+streams", TP, "ours + streams − TP"),
         ("streams_minus_tp_streams", OURS + "+streams", TP + "+streams", "ours + streams − TP + streams"),
         ("gl1_minus_tp", OURS + "+streams+gl1", TP, "ours + streams + group-l1 − TP"))
-HEADINGS = ("richness + comp", "richness + comp + fine streams", "richness + comp + fine streams + group-l1",
-            "Torch-Pruning", "Torch-Pruning + fine streams")
-COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red")
 FINE_STREAMS = ["backbone.features.2.conv.2", "backbone.features.4.conv.2"]  # what ``--keep-whole fine-streams`` names
 
 
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
         return f"{v['mean']:.4f} ({seeds})" if len(v["per_seed"]) > 1 else seeds
 
     # Only the methods that ran and the gaps that could be taken get a column.
-    shown = [(m, h) for m, h in zip(METHODS, HEADINGS) if any(r["method"] == m for r in records)]
+    shown = [(m, h) for m, h, _ in COLUMNS if any(r["method"] == m for r in records)]
     gaps_shown = [g for g in GAPS if any(g[0] in r for r in rows)]
     head = (["FLOPs cut", "fine-tune epochs"] + [f"{h} (seeds)" for _, h in shown]
             + [f"{g[3]} (points)" for g in gaps_shown] + ["GFLOPs, in the order of the methods"])
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
 
     def draw(axes):
         for ax, target in zip(axes, targets):
-            for m, colour in zip(METHODS, COLOURS):
+            for m, _, colour in COLUMNS:
                 pts = [r for r in records if r["target"] == target and r["method"] == m]
                 ax.plot([r["epochs"] for r in pts], [r["ap50"] for r in pts], "o", color=colour, alpha=0.5)
                 means = [(r["epochs"], r[m]["mean"]) for r in rows if r["target"] == target and r[m]["mean"] is not None]
