@@ -1,8 +1,9 @@
 """Ours against Torch-Pruning as the fine-tune budget grows: collects committed ``prune_compare.py`` results
 (JSON) and tabulates / plots AP50 after fine-tuning against the fine-tune epochs, per FLOPs target and method, every
 seed shown. Only comparable runs are taken: the same channel rounding, no distillation, the baseline's frozen blocks,
-learning rate and EMA decay, one warm-up length (``--warmup``; none by default, ``prune_compare.py``'s default), our
-allocation without structural options (``--keep-whole``, a ``--min-channels`` other than the rounding).
+learning rate and EMA decay, one warm-up length (``--warmup``; none by default, ``prune_compare.py``'s default), no
+configuration override (``--set``, e.g. another batch size), our allocation without structural options
+(``--keep-whole``, a ``--min-channels`` other than the rounding).
 
     python benchmarks/finetune_budget.py benchmarks/results/prune_compare/*/*.json [--warmup EPOCHS] \
         [--drop PATTERN[:METHOD] ...] [--out PATH]
@@ -50,7 +51,8 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=(),
     A run's FLOPs target is taken to the nearest tenth (``target``; the exact one is ``target_exact``): Torch-Pruning's
     uniform ratio lands at -68.3% for a -70% target, and ours is cut to that FLOPs with ``--targets 0.6832``. A run
     made with ``--keep-whole`` naming exactly the fine streams counts as ``richness+comp+streams``; any other
-    structural option leaves the run out, and so does a fine-tune warm-up other than ``warmup`` epochs. ``drop``:
+    structural option leaves the run out, and so does a fine-tune warm-up other than ``warmup`` epochs or any
+``--set`` override of the configuration. ``drop``:
     ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path contains PATTERN is left out (only METHOD's rows,
     after the relabelling above, when METHOD is given)."""
     rules = [(pat, m) if sep else (d, None) for d in drop for pat, sep, m in [d.rpartition(":")]]
@@ -69,7 +71,8 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=(),
         if (d.get("round_to") != round_to or (d.get("distill_weight") or 0.0) != 0.0
                 or d.get("freeze_blocks") not in (None, 4) or d.get("finetune_lr") not in (None, 0.002)
                 or (d.get("finetune_warmup_epochs") or 0) != warmup or d.get("ema_decay") not in (None, 0.9995)
-                or (whole and whole != FINE_STREAMS) or d.get("min_channels", round_to) != round_to):
+                or (whole and whole != FINE_STREAMS) or d.get("min_channels", round_to) != round_to
+                or d.get("overrides")):
             continue
         base = next(r["ap50_after"] for r in d["rows"] if r["method"] == "baseline")
         for r in d["rows"]:

@@ -29,9 +29,10 @@ def test_means_per_seed_and_gap(tmp_path):
         # Not comparable: another fine-tune schedule (a warm-up, another EMA decay).
         _result(tmp_path / "w.json", 4, 8, {("torch-pruning", 0.5): 0.99}, finetune_warmup_epochs=1.0),
         _result(tmp_path / "x.json", 4, 9, {("torch-pruning", 0.5): 0.99}, ema_decay=0.999),
+        _result(tmp_path / "y.json", 4, 10, {("torch-pruning", 0.5): 0.99}, overrides=["train.batch_size=8"]),
         # Comparable: the options recorded at their defaults.
         _result(tmp_path / "i.json", 4, 7, {("richness+comp", 0.7): 0.50}, keep_whole=[], min_channels=16,
-                finetune_warmup_epochs=0.0, ema_decay=0.9995),
+                finetune_warmup_epochs=0.0, ema_decay=0.9995, overrides=[]),
         # The fine streams kept whole: a run-wide --keep-whole (cut to TP's -68.3%) or the '+streams' method.
         _result(tmp_path / "j.json", 16, 0, {("richness+comp", 0.6832): 0.58}, keep_whole=FINE_STREAMS),
         _result(tmp_path / "k.json", 16, 1, {("richness+comp+streams", 0.6832): 0.60}),
