@@ -26,7 +26,7 @@ def test_means_per_seed_and_gap(tmp_path):
         # Not comparable: structural options of our allocation.
         _result(tmp_path / "g.json", 4, 5, {("richness+comp", 0.5): 0.99}, keep_whole=["backbone.features.2.conv.2"]),
         _result(tmp_path / "h.json", 4, 6, {("richness+comp", 0.5): 0.99}, min_channels=32),
-        # Not comparable: another fine-tune schedule (a warm-up, another EMA decay).
+        # Not comparable: another fine-tune schedule (a warm-up, another EMA decay, a --set override).
         _result(tmp_path / "w.json", 4, 8, {("torch-pruning", 0.5): 0.99}, finetune_warmup_epochs=1.0),
         _result(tmp_path / "x.json", 4, 9, {("torch-pruning", 0.5): 0.99}, ema_decay=0.999),
         _result(tmp_path / "y.json", 4, 10, {("torch-pruning", 0.5): 0.99}, overrides=["train.batch_size=8"]),
