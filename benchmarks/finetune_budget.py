@@ -52,8 +52,8 @@ def collect(paths: List[Path], round_to: int, targets=(0.5, 0.7), drop=(),
     uniform ratio lands at -68.3% for a -70% target, and ours is cut to that FLOPs with ``--targets 0.6832``. A run
     made with ``--keep-whole`` naming exactly the fine streams counts as ``richness+comp+streams``; any other
     structural option leaves the run out, and so does a fine-tune warm-up other than ``warmup`` epochs or any
-    ``--set`` override of the configuration. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path contains PATTERN is left out (only METHOD's rows,
-    after the relabelling above, when METHOD is given)."""
+    ``--set`` override of the configuration. ``drop``: ``PATTERN`` or ``PATTERN:METHOD`` strings; a file whose path
+    contains PATTERN is left out (only METHOD's rows, after the relabelling above, when METHOD is given)."""
     rules = [(pat, m) if sep else (d, None) for d in drop for pat, sep, m in [d.rpartition(":")]]
     for rule, (pat, m) in zip(drop, rules):
         if m is not None and m not in METHODS:
