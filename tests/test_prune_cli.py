@@ -64,6 +64,29 @@ def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny
         assert n_out % 8 == 0 or spec["keep_out"] is None
 
 
+@pytest.mark.parametrize("half", [False, True])
+def test_stored_baseline_ap_is_reused_only_for_float32_weights(tmp_path, voc_sample, tiny_checkpoint, half):
+    """A checkpoint's stored AP50 was measured on float32 weights; fp16 storage rounds them, so prune measures."""
+    from compress.checkpoint import save_checkpoint
+    from compress.voc import split_file_sha256
+
+    model, ckpt = load_model(tiny_checkpoint)
+    marker = {"overall": 0.123456}  # no evaluation gives this figure on the sample
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, ckpt["classes"], half=half, metrics={"ap50_voc07": marker},
+                    split_hashes={"test": split_file_sha256(voc_sample / "VOC2007", "test")})
+    out = tmp_path / "pruned"
+    rc, _, err = _run(["prune", "--checkpoint", str(path), "--data", str(voc_sample), "--target-flops", "0.5",
+                       "--method", "l1", "--calibration-images", "6", "--out", str(out)])
+    assert rc == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    if half:
+        assert metrics["ap50_baseline"]["overall"] != marker["overall"]
+        assert 0.0 <= metrics["ap50_baseline"]["overall"] <= 1.0 and "eval_baseline" in metrics["seconds"]
+    else:
+        assert metrics["ap50_baseline"] == marker and "eval_baseline" not in metrics["seconds"]
+
+
 def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, tiny_checkpoint):
     out = tmp_path / "pruned"
     rc, stdout, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
