@@ -64,23 +64,26 @@ def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny
         assert n_out % 8 == 0 or spec["keep_out"] is None
 
 
-@pytest.mark.parametrize("half", [False, True])
-def test_stored_baseline_ap_is_reused_only_for_float32_weights(tmp_path, voc_sample, tiny_checkpoint, half):
-    """A checkpoint's stored AP50 was measured on float32 weights; fp16 storage rounds them, so prune measures."""
+@pytest.mark.parametrize("half, measured_on, reused", [(False, None, True), (True, None, False),
+                                                      (True, "float16", True), (False, "float16", False)])
+def test_stored_baseline_ap_is_reused_only_if_measured_on_the_stored_weights(tmp_path, voc_sample, tiny_checkpoint,
+                                                                            half, measured_on, reused):
+    """A stored AP50 without ``ap50_voc07_weights`` was measured on float32 weights: fp16 storage rounds them."""
     from compress.checkpoint import save_checkpoint
     from compress.voc import split_file_sha256
 
     model, ckpt = load_model(tiny_checkpoint)
     marker = {"overall": 0.123456}  # no evaluation gives this figure on the sample
+    metrics = {"ap50_voc07": marker, **({"ap50_voc07_weights": measured_on} if measured_on else {})}
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, model, ckpt["classes"], half=half, metrics={"ap50_voc07": marker},
+    save_checkpoint(path, model, ckpt["classes"], half=half, metrics=metrics,
                     split_hashes={"test": split_file_sha256(voc_sample / "VOC2007", "test")})
     out = tmp_path / "pruned"
     rc, _, err = _run(["prune", "--checkpoint", str(path), "--data", str(voc_sample), "--target-flops", "0.5",
                        "--method", "l1", "--calibration-images", "6", "--out", str(out)])
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
-    if half:
+    if not reused:
         assert metrics["ap50_baseline"]["overall"] != marker["overall"]
         assert 0.0 <= metrics["ap50_baseline"]["overall"] <= 1.0 and "eval_baseline" in metrics["seconds"]
     else:

@@ -127,6 +127,26 @@ def test_resume_at_the_end_does_not_retrain(trained, voc_sample, tmp_path):
         assert torch.equal(x, y), name
 
 
+def test_half_stores_the_ap50_of_the_fp16_weights(trained, voc_sample, tmp_path):
+    """``--half``: the stored AP50 is that of the fp16-rounded weights as stored (what ``eval`` measures on them)."""
+    src, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(src, out)  # resumes at the end: no epoch runs, the fp16 copy is written
+    rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), *TINY, "--half"])
+    assert rc == 0, stderr
+    assert "AP50 of the fp16-stored weights" in stdout
+    ckpt = torch.load(out / "final_fp16.pt", map_location="cpu", weights_only=False)
+    assert ckpt["dtype"] == "float16"
+    metrics = ckpt["metrics"]
+    assert metrics["ap50_voc07_weights"] == "float16"
+    assert metrics["ap50_voc07_float32"] == json.loads((out / "train_summary.json").read_text())["ap50"]
+    json_path = tmp_path / "eval.json"
+    rc, _, stderr = _run(["eval", "--checkpoint", str(out / "final_fp16.pt"), "--data", str(voc_sample),
+                          "--json", str(json_path)])
+    assert rc == 0, stderr
+    assert metrics["ap50_voc07"]["overall"] == json.loads(json_path.read_text())["voc07_11point"]["ap"]["person"]
+
+
 def test_eval_corrupt_checkpoint_exit_2(tmp_path, voc_sample):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"this is not a checkpoint" * 10)

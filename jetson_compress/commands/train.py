@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -77,9 +78,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"wall time {time.time() - t0:.0f} s; throughput "
           + (f"{ips:.2f} images/s" if ips is not None else "n/a (no epoch trained in this run)"))
     if args.half:
-        save_checkpoint(out / "final_fp16.pt", model, train_set.classes, half=True,
-                        metrics={"ap50_voc07": summary.get("ap50"),
-                                 "train_images_per_second": summary["images_per_second"]},
+        metrics = {"ap50_voc07": summary.get("ap50"), "train_images_per_second": summary["images_per_second"]}
+        if eval_set is not None:
+            # The stored figure must describe the stored weights: measure the model rounded to fp16 as it is saved.
+            from compress.inference import evaluate_model, summary_ap
+
+            rounded = copy.deepcopy(model)
+            with torch.no_grad():
+                for t in rounded.state_dict().values():
+                    if t.is_floating_point():
+                        t.copy_(t.half().float())
+            metrics["ap50_voc07"] = summary_ap(evaluate_model(rounded, eval_set, int(m["input_size"]), cfg["eval"]))
+            metrics["ap50_voc07_float32"] = summary.get("ap50")
+            metrics["ap50_voc07_weights"] = "float16"  # what `prune` checks before reusing the figure
+            print("AP50 of the fp16-stored weights: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in metrics["ap50_voc07"].items()))
+        save_checkpoint(out / "final_fp16.pt", model, train_set.classes, half=True, metrics=metrics,
                         split_hashes={train_set.split: train_set.split_sha256(),
                                       **({eval_set.split: eval_set.split_sha256()} if eval_set else {})},
                         config=cfg)
