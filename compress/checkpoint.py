@@ -35,6 +35,12 @@ class CheckpointError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+def stored_state(model: Detector, half: bool = False) -> Dict[str, torch.Tensor]:
+    """The state dict as a checkpoint stores it: detached copies, floating-point tensors in fp16 when ``half``."""
+    return {k: (v.half() if half and v.is_floating_point() else v).detach().clone()
+            for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(
     path: os.PathLike | str,
     model: Detector,
@@ -51,7 +57,7 @@ def save_checkpoint(
 ) -> Dict[str, Any]:
     from compress.augment import IMAGENET_MEAN, IMAGENET_STD
 
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().clone() for k, v in model.state_dict().items()}
+    state = stored_state(model, half)
     ckpt: Dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -124,11 +124,12 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out)
     save_resolved(cfg, out)  # only once the inputs are known good: a failed run keeps an earlier run's copy
     baseline_ap = None
-    stored = (ckpt.get("metrics") or {}).get("ap50_voc07")
+    ckpt_metrics = ckpt.get("metrics") or {}
+    stored = ckpt_metrics.get("ap50_voc07")
     # The stored figure was measured on the same split file when the checkpoint was made; it describes these weights
     # only if it was measured on them as stored: float32, or fp16-rounded where `train --half` says so (checkpoints
     # made before it did, like the shipped one, carry the figure of the float32 weights before rounding).
-    measured_on = (ckpt.get("metrics") or {}).get("ap50_voc07_weights", "float32")
+    measured_on = ckpt_metrics.get("ap50_voc07_weights", "float32")
     if (test_set is not None and stored and measured_on == ckpt.get("dtype", "float32")
             and ckpt.get("split_hashes", {}).get(test_set.split) == test_set.split_sha256()):
         baseline_ap = stored

@@ -47,7 +47,7 @@ def warm_start(path, model_cfg, classes):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from compress.checkpoint import save_checkpoint
+    from compress.checkpoint import save_checkpoint, stored_state
     from compress.detector import Detector, DetectorConfig
     from compress.train import train
 
@@ -84,10 +84,7 @@ def run(args: argparse.Namespace) -> int:
             from compress.inference import evaluate_model, summary_ap
 
             rounded = copy.deepcopy(model)
-            with torch.no_grad():
-                for t in rounded.state_dict().values():
-                    if t.is_floating_point():
-                        t.copy_(t.half().float())
+            rounded.load_state_dict(stored_state(model, half=True))  # fp16 values into the float32 model
             metrics["ap50_voc07"] = summary_ap(evaluate_model(rounded, eval_set, int(m["input_size"]), cfg["eval"]))
             metrics["ap50_voc07_float32"] = summary.get("ap50")
             metrics["ap50_voc07_weights"] = "float16"  # what `prune` checks before reusing the figure
