@@ -80,14 +80,18 @@ def export_detector(model, path: str, size: int) -> None:
 
 
 def time_variants(models: Dict[str, Any], export: Callable[[Any, str], None], rows: List[Dict[str, Any]], size: int,
-                  warmup: int, rounds: int, threads: int) -> None:
+                  warmup: int, rounds: int, threads: int,
+                  on_export: Optional[Callable[[str, str], None]] = None) -> None:
     """Export every model (``export(model, path)``) to a temporary folder and time them all with ``ort_latency``;
-    each row (keyed by ``row["variant"]``, one of ``models``) gets ``ort_cpu`` and ``speedup`` over ``baseline``."""
+    each row (keyed by ``row["variant"]``, one of ``models``) gets ``ort_cpu`` and ``speedup`` over ``baseline``.
+    ``on_export(name, path)``, if given, is called on each exported file before the timing (e.g. to measure it)."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for name, m in models.items():
             paths[name] = os.path.join(tmp, name.replace("@", "_").replace("+", "_") + ".onnx")
             export(m, paths[name])
+            if on_export is not None:
+                on_export(name, paths[name])
         lat = ort_latency(paths, size, warmup, rounds, threads)
     base_ms = lat["baseline"]["median_ms"]
     for r in rows:

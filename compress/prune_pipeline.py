@@ -311,8 +311,13 @@ def run_prune(
     finetune_seconds: Optional[float] = None,
     retrain_options: Optional[Dict[str, Any]] = None,
     layer_options: Optional[Dict[str, Any]] = None,
+    kernel_sparsity: float = 0.0,
 ) -> Dict[str, Any]:
     """The whole ``prune`` command; writes ``pruned.pt``, ``plan.json`` and ``metrics.json`` into ``out_dir``.
+
+    ``kernel_sparsity`` > 0 (channel methods, plain fine-tune): after the channel cut, M4's fine granularity zeroes
+    that fraction of the k x k kernels of every dimension-matched convolution and keeps them zero through the
+    fine-tune; the metrics report its paper FLOPs/params next to the dense ones (what actually runs).
 
     ``finetune`` picks the retraining method (``compress.retrain``); ``plain`` with epochs and no seconds budget is
     the original EMA training loop. ``layer_options`` go to :func:`layer_prune_detector` (layer methods only).
@@ -323,6 +328,10 @@ def run_prune(
         raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS + LAYER_METHODS}")
     if finetune not in RETRAIN_METHODS:
         raise ValueError(f"unknown retraining method {finetune!r}; choose from {RETRAIN_METHODS}")
+    if not 0.0 <= kernel_sparsity < 1.0:
+        raise ValueError(f"kernel sparsity {kernel_sparsity}: must be a fraction of kernels in [0, 1)")
+    if kernel_sparsity and (method in LAYER_METHODS or finetune != "plain"):
+        raise ValueError("kernel sparsity applies to the channel methods with the plain fine-tune")
     if latency_model is None and (target_kind == "latency" or latency_tilt):
         latency_model = "ort-cpu"
     if method in LAYER_METHODS and (target_kind != "flops" or compensate_flag):
@@ -406,6 +415,20 @@ def run_prune(
         t = time.perf_counter()
         metrics["ap50_before_finetune"] = summary_ap(evaluate_model(pruned, test_set, size, eval_cfg))
         timings["eval_pruned"] = time.perf_counter() - t
+    kernel_mask = None
+    if kernel_sparsity > 0:
+        from compress.sparsity import sparsify_dimension_matched
+
+        t = time.perf_counter()
+        kernel_mask, ks = sparsify_dimension_matched(pruned, kernel_sparsity, size)
+        metrics["kernel_sparsity"] = ks
+        timings["kernel_sparsity"] = time.perf_counter() - t
+        log(f"kernel sparsity {kernel_sparsity:g} in {len(ks['layers'])} dimension-matched convs: "
+            f"{ks['kernels_zeroed']} kernels zeroed; paper FLOPs {ks['paper_flops'] / 1e9:.3f} G, "
+            f"dense (what runs) {ks['dense_flops'] / 1e9:.3f} G")
+        if test_set is not None:
+            metrics["ap50_channel_cut_only"] = metrics["ap50_before_finetune"]
+            metrics["ap50_before_finetune"] = summary_ap(evaluate_model(pruned, test_set, size, eval_cfg))
     if finetune != "plain" or (finetune_seconds and finetune_epochs <= 0):
         if finetune_epochs <= 0 and not finetune_seconds:
             raise ValueError(f"--finetune {finetune} needs --finetune-epochs or --finetune-seconds")
@@ -445,7 +468,7 @@ def run_prune(
         t = time.perf_counter()
         summary = train(pruned, train_set, out_dir / "finetune", cfg, eval_set=test_set, eval_cfg=eval_cfg,
                         resolved_config=resolved_config, resume=False, progress=progress,
-                        checkpoint_extra={"prune_plan": plan}, log=log)
+                        checkpoint_extra={"prune_plan": plan}, log=log, after_step=kernel_mask)
         timings["finetune"] = time.perf_counter() - t - (summary.get("eval", {}).get("timing", {}).get("seconds", 0))
         if "ap50" in summary:
             metrics["ap50_after_finetune"] = summary["ap50"]

@@ -18,7 +18,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -79,30 +79,46 @@ def dimension_matched_convs(dg: DependencyGraph) -> List[str]:
     return names
 
 
+class KernelMask:
+    """The k x k kernels :func:`kernel_sparsify` zeroed, kept zero through training: pass the mask as ``after_step``
+    to :func:`compress.train.train` (it re-zeroes them after every optimiser step, before the EMA update, so the EMA
+    weights keep the same zeros). ``report``: per layer, the kernels zeroed and the weights now zero."""
+
+    def __init__(self, masks: Dict[str, torch.Tensor], report: Dict[str, Dict[str, int]]) -> None:
+        self.masks, self.report = masks, report
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name, mask in self.masks.items():
+            w = modules[name].weight
+            w.mul_(mask.to(w.device, w.dtype))
+
+
 @torch.no_grad()
-def kernel_sparsify(model: nn.Module, layer_names: List[str], ratio: float) -> Dict[str, Dict[str, int]]:
+def kernel_sparsify(model: nn.Module, layer_names: List[str], ratio: float) -> KernelMask:
     """Zero the ``ratio`` fraction of k x k kernels with the smallest L1 norm in each named conv (in place).
 
-    Returns, per layer, the kernels zeroed and the weights now zero (the paper saving).
+    Returns the :class:`KernelMask` of what was zeroed (its ``report``: per layer, the kernels zeroed and the weights
+    now zero, the paper saving).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"kernel sparsity ratio must be in [0, 1), got {ratio}")
     modules = dict(model.named_modules())
-    report = {}
+    report, masks = {}, {}
     for name in layer_names:
         conv = modules[name]
         w = conv.weight  # (out, in/groups, kh, kw)
         norms = w.abs().sum((2, 3)).flatten()
         k = int(ratio * norms.numel())
-        if k == 0:
-            report[name] = {"kernels_zeroed": 0, "zero_weights": int((w == 0).sum())}
-            continue
-        idx = torch.topk(norms, k, largest=False).indices
-        mask = torch.ones_like(norms)
-        mask[idx] = 0
-        w.mul_(mask.view(w.shape[0], w.shape[1], 1, 1))
+        if k > 0:
+            idx = torch.topk(norms, k, largest=False).indices
+            mask = torch.ones_like(norms)
+            mask[idx] = 0
+            masks[name] = mask.view(w.shape[0], w.shape[1], 1, 1)
+            w.mul_(masks[name])
         report[name] = {"kernels_zeroed": k, "zero_weights": int((w == 0).sum())}
-    return report
+    return KernelMask(masks, report)
 
 
 def nonzero_cost(model: nn.Module, dg: DependencyGraph) -> Dict[str, int]:
@@ -123,3 +139,29 @@ def nonzero_cost(model: nn.Module, dg: DependencyGraph) -> Dict[str, int]:
         elif isinstance(mod, nn.BatchNorm2d):
             params += 2 * mod.num_features
     return {"macs": macs, "params": params}
+
+
+PAPER_ONLY_NOTE = ("zeros inside dense kernels: parameters and FLOPs fall on paper only; TensorRT and ONNX Runtime "
+                   "run the same dense convolutions (no sparse kernels on the Nano's Maxwell GPU)")
+
+
+def sparsify_dimension_matched(model: nn.Module, ratio: float, input_size: int,
+                               layer_names: Optional[Sequence[str]] = None) -> Tuple[KernelMask, Dict[str, Any]]:
+    """M4's fine granularity on ``model`` (in place): zero ``ratio`` of the k x k kernels of every
+    dimension-matched convolution (or of ``layer_names``). Returns the mask to keep them zero while training and the
+    report: dense FLOPs/params (what runs), paper FLOPs/params (dense minus the zeroed multiply-adds and weights)."""
+    from compress.depgraph import build_dependency_graph
+    from compress.flops import count_flops_params
+
+    dg = build_dependency_graph(model.eval(), input_size)
+    names = dimension_matched_convs(dg) if layer_names is None else list(layer_names)
+    dense = count_flops_params(model, (1, 3, input_size, input_size))
+    before = nonzero_cost(model, dg)
+    mask = kernel_sparsify(model, names, ratio)
+    after = nonzero_cost(model, dg)
+    paper_flops = dense.flops - 2 * (before["macs"] - after["macs"])
+    paper_params = dense.params - (before["params"] - after["params"])
+    return mask, {"ratio": ratio, "layers": names,
+                  "kernels_zeroed": sum(r["kernels_zeroed"] for r in mask.report.values()),
+                  "dense_flops": dense.flops, "dense_params": dense.params,
+                  "paper_flops": paper_flops, "paper_params": paper_params, "note": PAPER_ONLY_NOTE}

@@ -201,6 +201,7 @@ def train(
     teacher: Optional[Detector] = None,
     checkpoint_extra: Optional[Dict[str, Any]] = None,
     log: Callable[[str], None] = print,
+    after_step: Optional[Callable[[Detector], None]] = None,
 ) -> Dict[str, Any]:
     """Train ``model`` in place; write ``last.pt`` (resumable) each epoch and ``final.pt`` (EMA weights) at the end.
 
@@ -208,6 +209,9 @@ def train(
     ``cfg["distill_weight"]`` x the head-output distillation loss of :func:`compress.retrain.distill_loss` (Bernoulli
     KL of the class probabilities, score-weighted MSE of the box regressions; no feature terms, so it applies to any
     architecture without extra parameters). The teacher runs in eval mode on the same augmented batch.
+
+    ``after_step`` (optional) is called with the model after every optimiser step, before the EMA update: e.g. a
+    :class:`compress.sparsity.KernelMask` that keeps zeroed kernels zero.
 
     Returns a summary dict (throughput, losses, evaluation if ``eval_set`` given).
     """
@@ -328,6 +332,8 @@ def train(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                 opt.step()
+                if after_step is not None:
+                    after_step(model)
                 ema.update(model)
                 step += 1
                 n_batches += 1

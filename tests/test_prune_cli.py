@@ -142,6 +142,36 @@ def test_prune_channel_criterion_group_l1_changes_the_channels_not_their_count(t
                for n in counts["l1"])
 
 
+def test_prune_kernel_sparsity_keeps_its_zeros_through_the_finetune(tmp_path, voc_sample, tiny_checkpoint):
+    out = tmp_path / "ks"
+    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                       "--target-flops", "0.5", "--calibration-images", "6", "--kernel-sparsity", "0.5",
+                       "--finetune-epochs", "1", "--set", "train.batch_size=4", "--set", "train.warmup_epochs=0",
+                       "--out", str(out)])
+    assert rc == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    ks = metrics["kernel_sparsity"]
+    model, _ = load_model(out / "pruned.pt")
+    modules = dict(model.named_modules())
+    dg = build_dependency_graph(model.eval(), 96)
+    # The residual streams' producers of the pruned model, half of each one's kernels (rounded down) zeroed ...
+    assert ks["layers"] == dimension_matched_convs(dg) and len(ks["layers"]) >= 5
+    expected = {n: int(0.5 * modules[n].weight.shape[0] * modules[n].weight.shape[1]) for n in ks["layers"]}
+    assert ks["kernels_zeroed"] == sum(expected.values())
+    # ... and still exactly those after a fine-tune that moved every other weight (without the mask they regrow).
+    zero_kernels = {n: int((modules[n].weight.abs().sum((2, 3)) == 0).sum()) for n in ks["layers"]}
+    assert zero_kernels == expected
+    # The structure is the channel cut's: dense FLOPs/params are the plan's; the paper figures subtract exactly the
+    # zeroed multiply-adds (kernel size x output positions) and weights.
+    cost = count_flops_params(model, (1, 3, 96, 96))
+    assert ks["dense_flops"] == metrics["flops"] == cost.flops and ks["dense_params"] == metrics["params"] == cost.params
+    kk = {n: modules[n].weight.shape[2] * modules[n].weight.shape[3] for n in ks["layers"]}
+    hw = {n: dg.layers[n].out_hw[0] * dg.layers[n].out_hw[1] for n in ks["layers"]}
+    assert ks["dense_flops"] - ks["paper_flops"] == sum(2 * expected[n] * kk[n] * hw[n] for n in ks["layers"])
+    assert ks["dense_params"] - ks["paper_params"] == sum(expected[n] * kk[n] for n in ks["layers"])
+    assert "overall" in metrics["ap50_channel_cut_only"] and "overall" in metrics["ap50_before_finetune"]
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--target-flops", "0.5", "--method", "l1", "--latency-tilt", "1"], "--latency-tilt applies to"),
     (["--target-flops", "0.5", "--latency-tilt", "-1"], "must be >= 0"),
@@ -151,6 +181,8 @@ def test_prune_channel_criterion_group_l1_changes_the_channels_not_their_count(t
     (["--target-params", "-0.2"], "strictly between 0 and 1"),
     (["--keep-whole", "backbone.features.2.conv"], "--keep-whole: not the producer of a prunable channel group"),
     (["--method", "layer", "--keep-whole", "backbone.features.2.conv.2"], "--keep-whole applies to the channel"),
+    (["--kernel-sparsity", "1.0"], "--kernel-sparsity 1.0: must be a fraction of kernels in [0, 1)"),
+    (["--method", "layer", "--kernel-sparsity", "0.5"], "--kernel-sparsity applies to the channel methods"),
 ])
 def test_prune_impossible_targets(tmp_path, voc_sample, tiny_checkpoint, argv, needle):
     rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
@@ -194,7 +226,7 @@ def test_adaptive_bn_l1_and_kernel_sparsity():
     before = nonzero_cost(model, dg)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     names = dimension_matched_convs(dg)
-    report = kernel_sparsify(model, names, 0.5)
+    report = kernel_sparsify(model, names, 0.5).report
     after = nonzero_cost(model, dg)
     assert after["macs"] < before["macs"] and after["params"] < before["params"]
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes

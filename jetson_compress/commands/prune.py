@@ -56,6 +56,11 @@ def register(sub) -> None:
     p.add_argument("--sparsity-epochs", type=int, default=0,
                    help="M4: epochs of adaptive-L1 sparsity training on BN factors before pruning (pair with --method bn)")
     p.add_argument("--sparsity-lambda", type=float, default=1e-4, help="base L1 coefficient of sparsity training")
+    p.add_argument("--kernel-sparsity", type=float, default=0.0, metavar="R",
+                   help="M4's fine granularity after the channel cut: zero this fraction of the k x k kernels of "
+                        "every dimension-matched convolution (the residual streams' producers) and keep them zero "
+                        "through the fine-tune. Saves parameters and FLOPs on paper only: TensorRT and ONNX Runtime "
+                        "run the same dense kernels, so it changes no latency (metrics.json: kernel_sparsity)")
     p.add_argument("--finetune", choices=["plain", "graft", "distill", "adversarial"], default="plain",
                    help="retraining after pruning: plain, grafting (M2), distillation from the baseline, adversarial "
                         "alignment + architecture selection (M3); needs --finetune-epochs or --finetune-seconds")
@@ -103,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--finetune {args.finetune} needs --finetune-epochs or --finetune-seconds")
     if args.finetune_seconds is not None and args.finetune_seconds <= 0:
         raise UserError("--finetune-seconds must be > 0")
+    if not 0.0 <= args.kernel_sparsity < 1.0:
+        raise UserError(f"--kernel-sparsity {args.kernel_sparsity}: must be a fraction of kernels in [0, 1)")
+    if args.kernel_sparsity and (layer_method or args.finetune != "plain"):
+        raise UserError("--kernel-sparsity applies to the channel methods with the plain fine-tune (--finetune plain)")
     t0 = time.perf_counter()
     cfg = resolve(args)
     ckpt_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
@@ -140,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                     sparsity_epochs=args.sparsity_epochs, sparsity_lambda=args.sparsity_lambda,
                     baseline_ap=baseline_ap, latency_model=args.latency_model, latency_tilt=args.latency_tilt,
                     keep_whole=args.keep_whole, channel_criterion=args.channel_criterion, finetune=args.finetune,
-                    finetune_seconds=args.finetune_seconds,
+                    finetune_seconds=args.finetune_seconds, kernel_sparsity=args.kernel_sparsity,
                     retrain_options={"graft_every": args.graft_every, "round_to": args.round_to,
                                      "min_channels": args.min_channels},
                     layer_options={"layer_share": args.layer_share, "layer_lambda": args.layer_lambda,
