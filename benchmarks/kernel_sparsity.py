@@ -82,7 +82,10 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--finetune-warmup", type=float, default=1.0, metavar="EPOCHS")
     ap.add_argument("--seed", type=int, help="seed of the fine-tune (default: the configuration's train.seed)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (evaluation, fine-tune)")
+    ap.add_argument("--latency-threads", type=int, default=1,
+                    help="ONNX Runtime intra-op threads of the timing (1: on this 2-core machine two threads were "
+                         "slower and far noisier than one)")
     ap.add_argument("--latency-rounds", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -161,17 +164,18 @@ def main(argv=None) -> int:
             models[name] = model
             print(json.dumps(row, default=float), flush=True)
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.latency_threads)
     facts: Dict[str, Dict[str, Any]] = {}
     time_variants(models, lambda m, path: export_onnx(fuse_model(m), path, size, opset=13, classes=classes), rows,
-                  size, args.warmup, args.latency_rounds, args.threads,
+                  size, args.warmup, args.latency_rounds, args.latency_threads,
                   on_export=lambda name, path: facts.__setitem__(name, onnx_file_facts(path)))
     for r in rows:
         r.update(facts[r["variant"]])
         r["paper_flop_ratio"] = base_cost.flops / r["paper_flops"]
         r["dense_flop_ratio"] = base_cost.flops / r["dense_flops"]
         r["speedup_over_paper_flop_ratio"] = r["speedup"] / r["paper_flop_ratio"]
-    result = {"environment": environment(args.threads), "checkpoint": str(ckpt_path), "round_to": args.round_to,
+    result = {"environment": environment(args.latency_threads), "torch_threads": args.threads,
+              "checkpoint": str(ckpt_path), "round_to": args.round_to,
               "finetune_epochs": args.finetune_epochs, "finetune_warmup_epochs": args.finetune_warmup,
               "finetune_seed": ft_cfg.get("seed"), "latency_rounds": args.latency_rounds, "warmup": args.warmup,
               "note": PAPER_ONLY_NOTE, "rows": rows}
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
               f"{r['speedup_over_paper_flop_ratio']:.2f} |")
     env = result["environment"]
     md = (f"# Kernel-level sparsity (M4's fine granularity) against channel pruning\n\nBaseline `{ckpt_path.name}`. "
-          f"Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.threads} threads, batch 1, {args.latency_rounds} "
+          f"Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.latency_threads} thread(s), batch 1, {args.latency_rounds} "
           f"interleaved rounds after {args.warmup} warm-up runs, the fused deployed ONNX of every variant, on "
           f"{env['cpu']} ({env['platform']}). Channels rounded to {args.round_to}. "
           + (f"Fine-tune: {ft} epochs, {args.finetune_warmup:g}-epoch warm-up, seed {ft_cfg.get('seed')}, zeroed "
