@@ -370,11 +370,13 @@ def run_prune(
         t = time.perf_counter()
         model = copy.deepcopy(model)
         penalty = AdaptiveBNL1(model, _bdg(model.eval(), size), lambda0=sparsity_lambda)
+        l1_before = penalty.gamma_l1()
         cfg = dict(train_cfg or {})
         cfg.update(epochs=sparsity_epochs, warmup_epochs=0)
         train(model, train_set, out_dir / "sparsity", cfg, resume=False, progress=progress, extra_loss=penalty,
               log=log)
         metrics["bn_sparsity_after"] = penalty.sparsity()
+        metrics["bn_gamma_l1"] = {"before": l1_before, "after": penalty.gamma_l1()}
         timings["sparsity_training"] = time.perf_counter() - t
 
     if method in LAYER_METHODS:

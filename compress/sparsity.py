@@ -58,6 +58,11 @@ class AdaptiveBNL1:
     def sparsity(self) -> Dict[str, float]:
         return {name: float((bn.weight.abs() < self.eps).float().mean()) for name, bn, _ in self.layers}
 
+    @torch.no_grad()
+    def gamma_l1(self) -> float:
+        """sum |gamma| over the penalised BatchNorms (what the penalty drives down)."""
+        return float(sum(bn.weight.abs().sum() for _, bn, _ in self.layers))
+
     def refresh(self) -> None:
         sp = self.sparsity()
         self.coeff = {name: self.lambda0 * self.flops_weight[name] * (1.0 - sp[name]) for name, _, _ in self.layers}
