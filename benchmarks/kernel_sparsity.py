@@ -199,8 +199,9 @@ def main(argv=None) -> int:
               f"{r['speedup_over_paper_flop_ratio']:.2f} |")
     env = result["environment"]
     md = (f"# Kernel-level sparsity (M4's fine granularity) against channel pruning\n\nBaseline `{ckpt_path.name}`. "
-          f"Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.latency_threads} thread(s), batch 1, {args.latency_rounds} "
-          f"interleaved rounds after {args.warmup} warm-up runs, the fused deployed ONNX of every variant, on "
+          f"Latency: ONNX Runtime {env['onnxruntime']} CPU, {args.latency_threads} thread(s), batch 1, "
+          f"{args.latency_rounds} interleaved rounds after {args.warmup} warm-up runs, the fused deployed ONNX of "
+          f"every variant, on "
           f"{env['cpu']} ({env['platform']}). Channels rounded to {args.round_to}. "
           + (f"Fine-tune: {ft} epochs, {args.finetune_warmup:g}-epoch warm-up, seed {ft_cfg.get('seed')}, zeroed "
              "kernels kept zero (the baseline row's fine-tuned AP50 is the control: the same fine-tune, nothing cut)."
