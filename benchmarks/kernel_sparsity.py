@@ -101,22 +101,24 @@ def main(argv=None) -> int:
     calib = calibration_batch(train_set, size, 64)
     base_cost = count_flops_params(baseline, (1, 3, size, size))
 
-    def channel_cut():
-        whole = expand_keep_whole(baseline, ["fine-streams"])
-        dec = plan_pruning(baseline, "richness", args.target, calib, round_to=args.round_to,
-                           min_channels=args.round_to, keep_whole=whole, channel_criterion="group-l1")
-        tgt = {"kind": "flops", "reduction": args.target, "keep_whole": whole, "channel_criterion": "group-l1"}
-        return prune_detector(baseline, dec, "richness", tgt, args.round_to, compensate_with=calib[:32])["model"]
+    # Our channel cut, made once (both channel variants start from copies of it).
+    whole = expand_keep_whole(baseline, ["fine-streams"])
+    dec = plan_pruning(baseline, "richness", args.target, calib, round_to=args.round_to,
+                       min_channels=args.round_to, keep_whole=whole, channel_criterion="group-l1")
+    tgt = {"kind": "flops", "reduction": args.target, "keep_whole": whole, "channel_criterion": "group-l1"}
+    cut = prune_detector(baseline, dec, "richness", tgt, args.round_to, compensate_with=calib[:32])["model"]
 
     all_convs = [n for n, m in baseline.named_modules() if isinstance(m, nn.Conv2d)]
-    conv_macs = sum(l.macs for l in base_cost.per_layer if l.name in set(all_convs))
+    conv_names = set(all_convs)
+    conv_macs = sum(l.macs for l in base_cost.per_layer if l.name in conv_names)
     all_ratio = min(args.target * base_cost.macs / conv_macs, 0.99)
-    # name -> (model factory, kernel sparsity ratio or None, the convolutions it applies to (None: dimension-matched))
+    # name -> (the model it starts from (copied), kernel sparsity ratio or None, the convolutions it applies to
+    # (None: dimension-matched))
     recipes = {
-        f"kernels@dim-matched{int(args.ratio * 100)}": (lambda: copy.deepcopy(baseline), args.ratio, None),
-        "kernels@all-convs": (lambda: copy.deepcopy(baseline), all_ratio, all_convs),
-        f"channels@{int(args.target * 100)}": (channel_cut, None, None),
-        f"channels@{int(args.target * 100)}+kernels{int(args.ratio * 100)}": (channel_cut, args.ratio, None),
+        f"kernels@dim-matched{int(args.ratio * 100)}": (baseline, args.ratio, None),
+        "kernels@all-convs": (baseline, all_ratio, all_convs),
+        f"channels@{int(args.target * 100)}": (cut, None, None),
+        f"channels@{int(args.target * 100)}+kernels{int(args.ratio * 100)}": (cut, args.ratio, None),
     }
     ft_cfg = dict(cfg["train"], epochs=args.finetune_epochs, warmup_epochs=args.finetune_warmup,
                   **({"seed": args.seed} if args.seed is not None else {}))
@@ -136,9 +138,9 @@ def main(argv=None) -> int:
             control = {"ap50_after": summ["ap50"]}
             rows[0]["ap50_after_control"] = summ["ap50"]
             print("control", json.dumps(control, default=float), flush=True)
-        for name, (make, ratio, layers) in recipes.items():
+        for name, (start, ratio, layers) in recipes.items():
             t = time.perf_counter()
-            model = make()
+            model = copy.deepcopy(start)
             mask: Optional[Any] = None
             if ratio is None:
                 cost = count_flops_params(model, (1, 3, size, size))
