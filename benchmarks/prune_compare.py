@@ -10,7 +10,8 @@ interleaved round by round, median of the repeats after warm-up.
 Methods: ours (``richness``, ``richness+comp`` with least-squares compensation; ``+lat``: the latency-aware
 allocation, ``--latency-tilt`` with the ``ort-cpu`` latency model; ``+streams``: the backbone's residual streams at
 strides 4 and 8 kept whole, ``--keep-whole fine-streams`` for that method alone; ``+cap``: the capacity tilt,
-``--capacity-tilt``; ``+gl1``: channels chosen by the group-aggregated magnitude, ``compress.criteria.group_l1``),
+``--capacity-tilt``; ``+gl1``: channels chosen by the group-aggregated magnitude, ``compress.criteria.group_l1``;
+``+rec``: channels chosen for least-squares reconstruction, ``compress.criteria.reconstruction``),
 ``l1`` (uniform L1; ``l1+comp+streams``: uniform keep ratio with ours' compensation and fine streams — the
 allocation ablation of ``richness+comp+streams``; ``l1+comp+streams+gl1``: the same with the group-aggregated
 magnitude, Torch-Pruning's uniform allocation and importance with ours' compensation and fine streams),
@@ -46,7 +47,7 @@ from compress.train import resolve_device, train  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
 
 METHODS = ["richness", "richness+comp", "richness+streams", "richness+comp+streams", "richness+comp+streams+cap",
-           "richness+comp+streams+gl1", "richness+lat",
+           "richness+comp+streams+gl1", "richness+comp+streams+rec", "richness+lat",
            "richness+comp+lat", "entropy",
            "entropy+comp", "l1", "l1+comp+streams", "l1+comp+streams+gl1", "bn", "torch-pruning",
            "torch-pruning+streams", "unpruned"]
@@ -90,7 +91,7 @@ def method_options(method: str, latency_model: str, latency_tilt: float, capacit
     """One of our method names (``base+option+...``) as (base method, its options, the plan_pruning keywords they
     set); ``comp`` and ``streams`` are applied by the caller."""
     base_method, *options = method.split("+")
-    unknown = set(options) - {"comp", "streams", "lat", "cap", "gl1"}
+    unknown = set(options) - {"comp", "streams", "lat", "cap", "gl1", "rec"}
     if unknown:
         raise ValueError(f"method {method!r}: unknown option(s) {sorted(unknown)}")
     kw: Dict[str, Any] = {}
@@ -100,6 +101,8 @@ def method_options(method: str, latency_model: str, latency_tilt: float, capacit
         kw["capacity_tilt"] = capacity_tilt
     if "gl1" in options:
         kw["channel_criterion"] = "group-l1"
+    if "rec" in options:
+        kw["channel_criterion"] = "reconstruction"
     return base_method, options, kw
 
 

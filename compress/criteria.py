@@ -3,7 +3,8 @@
 Per-channel scores of a coupled group (coupled channels are scored and removed together, scores summed over the
 group's producers): filter L1 norm, BatchNorm scaling factor |gamma|, activation entropy; and the group-aggregated
 magnitude (``group_l1``: every layer that writes or reads the channels — producers, BatchNorms, depthwise and
-consuming convolutions — each normalised by its mean, averaged).
+consuming convolutions — each normalised by its mean, averaged); and ``reconstruction``: the channels from which a
+least-squares re-fit of the next layers (M6) can best rebuild their outputs, by greedy backward elimination.
 
 Per-group keep ratios:
 - ``uniform``: the same ratio for every group (the classic L1 baseline);
@@ -188,6 +189,108 @@ def group_l1(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, to
                 add(gid, w[:, offset:offset + n].transpose(0, 1).flatten(1).mean(1))
             offset += n
     return {gid: torch.stack(v).mean(0) for gid, v in parts.items()}
+
+
+def greedy_elimination(consumers: Sequence[Tuple[torch.Tensor, torch.Tensor, int]], size: int, n_remove: int,
+                       ridge: float = 1e-3) -> List[int]:
+    """Which ``n_remove`` of a group's ``size`` channels to remove, in order, so that least squares can best re-fit
+    the layers that read them. Each consumer is ``(G, W, offset)``: the Gram matrix ``X^T X`` of its input over
+    calibration positions (Cin x Cin), its weights ``W`` (Cout x Cin) and where the group's channels start among its
+    inputs. Backward elimination: at each step the channel whose removal raises the consumers' re-fit error least
+    (each consumer's error as a fraction of its output energy ``tr(W G W^T)``, summed) goes. With ``H`` the inverse
+    (ridge-regularised) Gram of the inputs still kept and ``B`` the re-fitted weights (Cin x Cout; ``W^T`` at the
+    start), removing input ``j`` raises the error by ``||B_j||^2 / H_jj``, and ``H`` and ``B`` follow by rank-one
+    downdates — the deletion formula of least squares, so no step solves a system again."""
+    states = []
+    for gram, w, offset in consumers:
+        g = gram.double()
+        lam = ridge * float(g.diagonal().mean()) + 1e-12
+        h = torch.linalg.inv(g + lam * torch.eye(g.shape[0], dtype=g.dtype))
+        w = w.double()
+        energy = float((w @ g @ w.t()).diagonal().sum()) + 1e-30
+        states.append((h, w.t().clone(), offset, energy))
+    removed = torch.zeros(size, dtype=torch.bool)
+    order: List[int] = []
+    for _ in range(n_remove):
+        cost = torch.zeros(size, dtype=torch.float64)
+        for h, b, offset, energy in states:
+            idx = torch.arange(size) + offset
+            cost += b[idx].pow(2).sum(1) / h.diagonal()[idx].clamp_min(1e-300) / energy
+        cost[removed] = float("inf")
+        j = int(torch.argmin(cost))
+        removed[j] = True
+        order.append(j)
+        for h, b, offset, _ in states:
+            c = j + offset
+            hc = h[:, c].clone()
+            b -= torch.outer(hc / hc[c], b[c].clone())
+            h -= torch.outer(hc, hc) / hc[c]
+            h[c, c] = 1.0  # the removed input: its row and column are zero now; 1 keeps the diagonal divisible
+    return order
+
+
+@torch.no_grad()
+def reconstruction(model: nn.Module, dg: DependencyGraph, counts: Dict[int, int], calibration: torch.Tensor,
+                   ridge: float = 1e-3, batch: int = 16) -> Dict[int, torch.Tensor]:
+    """Channel scores for :func:`select_channels` that keep, in every group cut to ``counts[g]`` channels, the
+    channels from which M6's least-squares compensation can best rebuild what the next layers read: the group's
+    1x1 consumers (the layers :func:`compress.compensation.compensate` re-fits, outputs scaled by their own
+    BatchNorm to post-BN units) and :func:`greedy_elimination` over the Gram matrices of their inputs on the
+    calibration images. A removed channel scores its elimination step (earlier = lower), a kept one more than any
+    removed one; groups with no 1x1 consumer (or not cut) score by :func:`group_l1`. Unlike the magnitude criteria
+    it sees redundancy: a channel the others can reproduce goes first, however large its weights."""
+    modules = dict(model.named_modules())
+    bn_of_space = {info.in_segments[0][0]: modules[name] for name, info in dg.layers.items()
+                   if info.kind == "bn" and info.in_segments is not None and len(info.in_segments) == 1}
+    consumers: Dict[int, List[Tuple[str, int]]] = {}
+    for name, info in dg.layers.items():
+        mod = modules.get(name)
+        if (info.kind != "conv" or info.in_segments is None or not isinstance(mod, nn.Conv2d)
+                or mod.kernel_size != (1, 1) or mod.stride != (1, 1) or mod.groups != 1):
+            continue
+        offset = 0
+        for sid, n in info.in_segments:
+            gid = dg.space_group[sid]
+            if gid in counts and counts[gid] < dg.groups[gid].size:
+                consumers.setdefault(gid, []).append((name, offset))
+            offset += n
+    grams: Dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(mod, inp, out):
+            x = inp[0].detach().double()
+            x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            grams[name] = grams.get(name, 0) + x.t() @ x
+        return fn
+
+    was_training = model.training
+    model.eval()
+    handles = [modules[n].register_forward_hook(hook(n)) for n in {n for v in consumers.values() for n, _ in v}]
+    try:
+        for i in range(0, len(calibration), batch):
+            model(calibration[i:i + batch])
+    finally:
+        for hd in handles:
+            hd.remove()
+        model.train(was_training)
+    scores = group_l1(dg, modules)
+    for gid, readers in consumers.items():
+        terms = []
+        for name, offset in readers:
+            conv = modules[name]
+            w = conv.weight.detach().double().flatten(1)
+            out = dg.layers[name].out_segments
+            bn = bn_of_space.get(out[0][0]) if out else None
+            if isinstance(bn, nn.BatchNorm2d) and bn.weight is not None and bn.running_var is not None:
+                w = w * (bn.weight.detach().double().abs() / (bn.running_var.double() + bn.eps).sqrt())[:, None]
+            terms.append((grams[name], w, offset))
+        size = dg.groups[gid].size
+        order = greedy_elimination(terms, size, size - counts[gid], ridge)
+        base = scores[gid].double()
+        s = float(size) + base / base.max().clamp_min(1e-12)  # kept: above every removed channel, by magnitude
+        s[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order), dtype=torch.float64)
+        scores[gid] = s.float()
+    return scores
 
 
 def bn_gamma(dg: DependencyGraph, modules: Dict[str, nn.Module]) -> Dict[int, torch.Tensor]:

@@ -22,8 +22,8 @@ import torch
 from compress.augment import letterbox, to_tensor_layout
 from compress.checkpoint import atomic_write_bytes, save_checkpoint
 from compress.compensation import compensate
-from compress.criteria import (LATENCY_MODELS, activation_entropy, allocate, bn_gamma, channel_activations, group_l1,
-                               filter_l1, layer_richness, select_channels)
+from compress.criteria import (LATENCY_MODELS, activation_entropy, allocate, bn_gamma, channel_activations, filter_l1,
+                               group_l1, layer_richness, reconstruction, select_channels)
 from compress.depgraph import DependencyGraph, build_dependency_graph
 from compress.detector import Detector
 from compress.flops import count_flops_params
@@ -32,8 +32,9 @@ from compress.voc import VOCDataset, load_image
 
 METHODS = ("richness", "entropy", "l1", "bn")
 # Which channels a group keeps, once its count is set: filter L1 of the producers (default), per-channel activation
-# entropy, or the group-aggregated magnitude over every layer touching the channels (compress.criteria.group_l1).
-CHANNEL_CRITERIA = ("l1", "entropy", "group-l1")
+# entropy, the group-aggregated magnitude over every layer touching the channels (compress.criteria.group_l1), or
+# the channels from which least squares best rebuilds the next layers' outputs (compress.criteria.reconstruction).
+CHANNEL_CRITERIA = ("l1", "entropy", "group-l1", "reconstruction")
 LAYER_METHODS = ("layer", "layer+richness")
 
 
@@ -136,6 +137,10 @@ def plan_pruning(
         scores = entropy_scores
     elif channel_criterion == "group-l1":
         scores = group_l1(dg, modules)
+    elif channel_criterion == "reconstruction":
+        if calibration is None:
+            raise ValueError("channel criterion reconstruction needs calibration images")
+        scores = reconstruction(model, dg, counts, calibration)
     else:
         scores = filter_l1(dg, modules)
     keep = select_channels(scores, counts)

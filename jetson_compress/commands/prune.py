@@ -13,7 +13,7 @@ from jetson_compress.commands.common import add_config_args, add_data_args, open
 # The keys of compress.criteria.LATENCY_MODELS (a test keeps them equal), so registering the command imports no torch.
 LATENCY_MODEL_NAMES = ("ort-cpu", "jetson-nano-fp16")
 # compress.prune_pipeline.CHANNEL_CRITERIA, for the same reason (a test keeps them equal).
-CHANNEL_CRITERION_NAMES = ("l1", "entropy", "group-l1")
+CHANNEL_CRITERION_NAMES = ("l1", "entropy", "group-l1", "reconstruction")
 
 
 def register(sub) -> None:
@@ -48,8 +48,9 @@ def register(sub) -> None:
     p.add_argument("--channel-criterion", choices=CHANNEL_CRITERION_NAMES, default="group-l1",
                    help="which channels a group keeps once its count is set: group-l1 (the default), the magnitude "
                         "over every layer that writes or reads the channels (producers, BatchNorms, depthwise and "
-                        "consuming convolutions); l1, the producers' filter L1 norm alone; or the per-channel "
-                        "activation entropy")
+                        "consuming convolutions); l1, the producers' filter L1 norm alone; the per-channel "
+                        "activation entropy; or reconstruction, the channels from which least squares best rebuilds "
+                        "what the next 1x1 layers read on the calibration images (pair with --compensate)")
     p.add_argument("--compensate", action="store_true", help="least-squares re-fit of consumer layers (M6)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune epochs after pruning")
     p.add_argument("--calibration-images", type=int, default=64)
