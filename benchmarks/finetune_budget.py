@@ -32,6 +32,7 @@ from compress.checkpoint import atomic_write_bytes  # noqa: E402
 COLUMNS = (("richness+comp", "richness + comp", "tab:blue"),
            ("richness+comp+streams", "richness + comp + fine streams", "tab:green"),
            ("richness+comp+streams+gl1", "richness + comp + fine streams + group-l1", "tab:purple"),
+           ("richness+comp+streams+rec", "richness + comp + fine streams + reconstruction", "tab:brown"),
            ("torch-pruning", "Torch-Pruning", "tab:orange"),
            ("torch-pruning+streams", "Torch-Pruning + fine streams", "tab:red"))
 METHODS = tuple(m for m, _, _ in COLUMNS)
@@ -40,7 +41,8 @@ OURS, TP = "richness+comp", "torch-pruning"
 GAPS = (("ours_minus_tp", OURS, TP, "ours − TP"),
         ("streams_minus_tp", OURS + "+streams", TP, "ours + streams − TP"),
         ("streams_minus_tp_streams", OURS + "+streams", TP + "+streams", "ours + streams − TP + streams"),
-        ("gl1_minus_tp", OURS + "+streams+gl1", TP, "ours + streams + group-l1 − TP"))
+        ("gl1_minus_tp", OURS + "+streams+gl1", TP, "ours + streams + group-l1 − TP"),
+        ("rec_minus_tp", OURS + "+streams+rec", TP, "ours + streams + reconstruction − TP"))
 FINE_STREAMS = ["backbone.features.2.conv.2", "backbone.features.4.conv.2"]  # what ``--keep-whole fine-streams`` names
 
 

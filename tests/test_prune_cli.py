@@ -260,3 +260,22 @@ def test_adaptive_bn_l1_and_kernel_sparsity():
     assert after["macs"] < before["macs"] and after["params"] < before["params"]
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes
     assert all(r["kernels_zeroed"] > 0 for r in report.values())
+
+
+def test_prune_with_the_reconstruction_criterion(tmp_path, voc_sample, tiny_checkpoint):
+    out = tmp_path / "rec"
+    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                       "--target-flops", "0.5", "--calibration-images", "6", "--no-eval", "--compensate",
+                       "--channel-criterion", "reconstruction", "--out", str(out)])
+    assert rc == 0, err
+    plan = load_plan(out / "plan.json")
+    assert plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "reconstruction"}
+    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+                       "--target-flops", "0.5", "--calibration-images", "6", "--no-eval", "--compensate",
+                       "--out", str(tmp_path / "gl1")])
+    assert rc == 0, err
+    other = load_plan(tmp_path / "gl1" / "plan.json")
+    # the same channel counts (the allocation), other channels kept
+    counts = {n: len(s["keep_out"]) for n, s in plan["layers"].items() if s["keep_out"] is not None}
+    assert counts == {n: len(s["keep_out"]) for n, s in other["layers"].items() if s["keep_out"] is not None}
+    assert any(s["keep_out"] != other["layers"][n]["keep_out"] for n, s in plan["layers"].items())
