@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch import nn
 
 from compress.depgraph import DependencyGraph, _Tracer
+from compress.fusion import folded_weights
 
 # --- cost model ------------------------------------------------------------------------------------------------
 
@@ -278,11 +279,11 @@ def reconstruction(model: nn.Module, dg: DependencyGraph, counts: Dict[int, int]
         terms = []
         for name, offset in readers:
             conv = modules[name]
-            w = conv.weight.detach().double().flatten(1)
             out = dg.layers[name].out_segments
             bn = bn_of_space.get(out[0][0]) if out else None
-            if isinstance(bn, nn.BatchNorm2d) and bn.weight is not None and bn.running_var is not None:
-                w = w * (bn.weight.detach().double().abs() / (bn.running_var.double() + bn.eps).sqrt())[:, None]
+            # the BN-folded weights: the error in the units the next layer sees (a row's sign does not change it)
+            w = (folded_weights(conv, bn)[0] if isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None
+                 else conv.weight.detach().double()).flatten(1)
             terms.append((grams[name], w, offset))
         size = dg.groups[gid].size
         order = greedy_elimination(terms, size, size - counts[gid], ridge)
