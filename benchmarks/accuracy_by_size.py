@@ -179,7 +179,8 @@ def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
                 for source in dict.fromkeys(r["source"] for r in res["rows"]):
                     rows = [r for r in res["rows"] if r["source"] == source][1:1 + len(names)]
                     y = [np.nan if r["recall"] is None or r["gt"] < MIN_PLOTTED_BOXES else r["recall"] for r in rows]
-                    ax.plot(range(len(names)), y, marker="o", color=colours.setdefault(source, f"C{len(colours)}"),
+                    ax.plot(range(len(names)), y, marker="osD^vP"[k % 6],  # (style, marker) unique for 12 series
+                            color=colours.setdefault(source, f"C{len(colours)}"),
                             linestyle=("-", "--", ":", "-.")[k % 4], label=f"{source}, {label}")
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels([f"{n} px" for n in names])
