@@ -172,16 +172,22 @@ def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
         panels.append((f"checkpoints on {results[0]['split']}",
                        [(r, r["checkpoint"]) for r in results if r["split"] == results[0]["split"]]))
     colours: Dict[str, str] = {}
+    entries = len({r["source"] for res in results for r in res["rows"]}) + max(len(series) for _, series in panels)
 
     def draw(axes):
+        from matplotlib.lines import Line2D
+
         for ax, (title, series) in zip(axes if len(panels) > 1 else [axes], panels):
+            handles = []
             for k, (res, label) in enumerate(series):
+                style = {"marker": "osD^vP"[k % 6], "linestyle": ("-", "--", ":", "-.")[k % 4]}  # unique for 12
                 for source in dict.fromkeys(r["source"] for r in res["rows"]):
                     rows = [r for r in res["rows"] if r["source"] == source][1:1 + len(names)]
                     y = [np.nan if r["recall"] is None or r["gt"] < MIN_PLOTTED_BOXES else r["recall"] for r in rows]
-                    ax.plot(range(len(names)), y, marker="osD^vP"[k % 6],  # (style, marker) unique for 12 series
-                            color=colours.setdefault(source, f"C{len(colours)}"),
-                            linestyle=("-", "--", ":", "-.")[k % 4], label=f"{source}, {label}")
+                    ax.plot(range(len(names)), y, color=colours.setdefault(source, f"C{len(colours)}"), **style)
+                handles.append(Line2D([], [], color="0.35", label=label, **style))
+            # the legend names each colour (source) and each style (series) once, below the axes
+            handles = [Line2D([], [], color=c, linewidth=4, label=s) for s, c in colours.items()] + handles
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels([f"{n} px" for n in names])
             ax.set_xlabel("object height in network-input pixels")
@@ -189,9 +195,9 @@ def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
             ax.set_title(f"{title}\n(points over fewer than {MIN_PLOTTED_BOXES} boxes left off)", fontsize=9)
-            ax.legend(fontsize=7)
+            ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
 
-    save_plot(path, draw, figsize=(7 * len(panels), 5), ncols=len(panels))
+    save_plot(path, draw, figsize=(7 * len(panels), 5 + 0.1 * entries), ncols=len(panels))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
