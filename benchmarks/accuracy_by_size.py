@@ -171,8 +171,9 @@ def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
     if len(checkpoints) > 1:
         panels.append((f"checkpoints on {results[0]['split']}",
                        [(r, r["checkpoint"]) for r in results if r["split"] == results[0]["split"]]))
-    colours: Dict[str, str] = {}
-    entries = len({r["source"] for res in results for r in res["rows"]}) + max(len(series) for _, series in panels)
+    sources = dict.fromkeys(r["source"] for res in results for r in res["rows"])
+    colours = {source: f"C{i}" for i, source in enumerate(sources)}
+    entries = len(colours) + max(len(series) for _, series in panels)
 
     def draw(axes):
         from matplotlib.lines import Line2D
@@ -184,10 +185,11 @@ def plot(path: Path, results: List[Dict], edges: Sequence[float]) -> None:
                 for source in dict.fromkeys(r["source"] for r in res["rows"]):
                     rows = [r for r in res["rows"] if r["source"] == source][1:1 + len(names)]
                     y = [np.nan if r["recall"] is None or r["gt"] < MIN_PLOTTED_BOXES else r["recall"] for r in rows]
-                    ax.plot(range(len(names)), y, color=colours.setdefault(source, f"C{len(colours)}"), **style)
+                    ax.plot(range(len(names)), y, color=colours[source], **style)
                 handles.append(Line2D([], [], color="0.35", label=label, **style))
-            # the legend names each colour (source) and each style (series) once, below the axes
-            handles = [Line2D([], [], color=c, linewidth=4, label=s) for s, c in colours.items()] + handles
+            # the legend names each colour (source) and each style (series) of this panel once, below the axes
+            shown = dict.fromkeys(r["source"] for res, _ in series for r in res["rows"])
+            handles = [Line2D([], [], color=colours[s], linewidth=4, label=s) for s in shown] + handles
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels([f"{n} px" for n in names])
             ax.set_xlabel("object height in network-input pixels")
