@@ -96,3 +96,28 @@ def test_plot_of_two_checkpoints(tmp_path) -> None:
     results = [{"checkpoint": c, "split": s, "rows": rows} for c in ("a.pt", "b.pt") for s in ("test", "trainval")]
     plot(tmp_path / "p.png", results, [16])
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_input_sizes_evaluate_each_checkpoint_at_each_size(voc_sample, tmp_path) -> None:
+    main(["--data", str(voc_sample), "--splits", "test", "--edges", "64", "--threads", "1",
+          "--input-sizes", "256", "384", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "accuracy_by_size.json").read_text())
+    assert [(r["checkpoint"], r["input_size"], r["trained_input_size"]) for r in saved["results"]] == [
+        ("baseline_person_320.pt@256", 256, 320), ("baseline_person_320.pt@384", 384, 320)]
+    # Heights stay measured at the trained 320 (the same people per range at both sizes): 142.0 and 311.7 px.
+    for res in saved["results"]:
+        assert {r["range"]: r["gt"] for r in res["rows"] if r["source"] == "all"} == {"all": 2, "0-64": 0, ">=64": 2}
+    assert "trained at 320" in (tmp_path / "accuracy_by_size.md").read_text()
+    main(["--data", str(voc_sample), "--splits", "test", "--edges", "200", "--threads", "1",
+          "--input-sizes", "640", "--out", str(tmp_path)])
+    rows = {r["range"]: r["gt"] for r in json.loads((tmp_path / "accuracy_by_size.json").read_text())["results"][0][
+        "rows"] if r["source"] == "all"}
+    assert rows == {"all": 2, "0-200": 1, ">=200": 1}  # at 640 both would be over 200 px
+
+
+def test_input_sizes_must_be_multiples_of_32(voc_sample, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--data", str(voc_sample), "--input-sizes", "320", "300", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "multiples of 32" in err and "[300]" in err
+    assert list(tmp_path.iterdir()) == []
