@@ -209,6 +209,22 @@ def test_warm_start_refuses_a_different_model(trained, voc_sample, tmp_path):
     assert str(src / "final.pt") in stderr and "width_mult 0.35 vs 0.5" in stderr
 
 
+def test_warm_start_at_another_input_size(trained, voc_sample, tmp_path):
+    """The input size is no part of the weights: a warm start may train at another size, and the run's checkpoint
+    records the size it was trained at."""
+    from compress.checkpoint import load_model
+
+    src, _ = trained
+    tiny = [a.replace("model.input_size=96", "model.input_size=128") for a in TINY]
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *tiny,
+                          "--set", "train.lr=0.0", "--init", str(src / "final.pt")])
+    assert rc == 0, stderr
+    model, ckpt = load_model(tmp_path / "r" / "final.pt")
+    assert ckpt["input_size"] == 128 and model.config.input_size == 128
+    ref = _conv_weights(load_model(src / "final.pt")[0])
+    assert all(torch.allclose(_conv_weights(model)[k], ref[k], atol=1e-6) for k in ref)
+
+
 def test_source_balance_weights_hand_computed():
     from compress.train import source_balance_weights
 

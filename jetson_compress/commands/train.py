@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--half", action="store_true", help="also write final_fp16.pt (fp16 storage, for shipping)")
     p.add_argument("--init", metavar="CKPT",
                    help="warm start: begin from this checkpoint's weights (an unpruned detector of the same "
-                        "configuration) instead of the ImageNet backbone; sets train.init")
+                        "configuration; the input size may differ) instead of the ImageNet backbone; sets train.init")
     p.set_defaults(func=run)
 
 
@@ -37,10 +37,13 @@ def warm_start(path, model_cfg, classes):
     if list(ckpt["classes"]) != list(classes):
         raise CheckpointError(path, f"detects {list(ckpt['classes'])}, the training split asks for {list(classes)}")
     mine, theirs = model_cfg.to_dict(), model.config.to_dict()
-    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    # The input size is no part of the weights (the detector is fully convolutional): a warm start may train at
+    # another size, e.g. to fine-tune a 320 model at 416.
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v and k != "input_size"}
     if diff:
         raise CheckpointError(path, "model configuration differs from the run's (checkpoint, config): "
                                     + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items())))
+    model.config.input_size = model_cfg.input_size
     return model
 
 

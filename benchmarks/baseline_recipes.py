@@ -1,0 +1,133 @@
+"""Every baseline recipe tried for issue #2, side by side: per-source AP50 of each checkpoint against the 0.75 target
+and the COCO-trained SSDLite-MobileNetV2 reference the issue quotes.
+
+Reads ``accuracy_by_size.json`` reports (``benchmarks/accuracy_by_size.py``) and takes, for every checkpoint
+evaluated on the test split, its AP50 (VOC07 11-point) over every object, overall and per source. It measures
+nothing itself: the figures are those of the reports, which carry their own commands and environments. One checkpoint
+reported under several names (the shipped baseline is in most reports) is listed once, with its other names; two
+reports that give one name different figures are refused.
+
+    python benchmarks/baseline_recipes.py benchmarks/results/accuracy_by_size.json \\
+        benchmarks/results/baseline_*/accuracy_by_size.json benchmarks/results/baseline_architecture/*/accuracy_by_size.json \\
+        --out benchmarks/results/baseline_recipes
+
+Writes ``baseline_recipes.json``, ``.md`` and ``.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import save_plot  # noqa: E402
+from compress.checkpoint import atomic_write_bytes  # noqa: E402
+
+SOURCES = ("overall", "coco", "mot15", "pennfudan")
+TARGET = 0.75  # issue #2's acceptance bound (overall)
+# As quoted in issue #2: a pretrained COCO SSDLite-MobileNetV2 person detector (300x300) on the same test split.
+REFERENCE = {"overall": 0.641, "coco": 0.420, "mot15": 0.798, "pennfudan": 0.961}
+
+
+def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
+    """One entry per distinct checkpoint: ``name``, ``aliases``, ``report`` (the first file naming it) and ``ap50``
+    per source. Raises ValueError naming the files when one name carries two different sets of figures."""
+    entries: List[Dict] = []
+    by_name: Dict[str, Dict] = {}
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+            results = report["results"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not an accuracy_by_size report ({exc})") from exc
+        for res in results:
+            if res.get("split") != split:
+                continue
+            rows = {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"}
+            ap = {s: rows.get("all" if s == "overall" else s) for s in SOURCES}
+            # compared to 6 digits: the same weights evaluated with other thread counts may differ in the last bits
+            ap = {s: None if v is None else round(float(v), 6) for s, v in ap.items()}
+            name = res["checkpoint"]
+            if name in by_name:
+                if by_name[name]["ap50"] != ap:
+                    raise ValueError(f"{path}: checkpoint {name!r} has other figures than in "
+                                     f"{by_name[name]['report']}")
+                continue
+            same = next((e for e in entries if e["ap50"] == ap), None)
+            if same is not None:  # equal on every source to 6 digits: the same weights under another name
+                same["aliases"].append(name)
+            else:
+                same = {"name": name, "aliases": [], "report": str(path), "ap50": ap}
+                entries.append(same)
+            by_name[name] = same
+    if not entries:
+        raise ValueError(f"no checkpoint evaluated on the {split!r} split in {', '.join(map(str, paths))}")
+    return sorted(entries, key=lambda e: -(e["ap50"]["overall"] or 0.0))
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def markdown(entries: List[Dict]) -> str:
+    lines = ["# Baseline recipes tried for issue #2", "",
+             f"AP50 (VOC07 11-point) on the test split, every object; target overall ≥ {TARGET}. Sorted by overall. "
+             "Each checkpoint's recipe and command are in the README beside its report.", "",
+             "| checkpoint | " + " | ".join(SOURCES) + " | report |", "|---|" + "---|" * (len(SOURCES) + 1),
+             "| *SSDLite-MobileNetV2, COCO-trained, 300×300 (reference quoted in issue #2)* | "
+             + " | ".join(f"{REFERENCE[s]:.3f}" for s in SOURCES) + " | |"]
+    for e in entries:
+        name = f"`{e['name']}`" + (" (also " + ", ".join(f"`{a}`" for a in e["aliases"]) + ")" if e["aliases"] else "")
+        lines.append(f"| {name} | " + " | ".join(_fmt(e["ap50"][s]) for s in SOURCES) + f" | `{e['report']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, entries: List[Dict]) -> bool:
+    """A row per checkpoint (best overall on top), a marker per source; the reference as hollow markers on its own
+    row, the target as a dashed line."""
+    rows = [("SSDLite reference (COCO-trained)", REFERENCE)] + [(e["name"], e["ap50"]) for e in entries]
+
+    def draw(ax):
+        for k, source in enumerate(SOURCES):
+            colour, marker = f"C{k}", "osD^"[k]
+            for i, (_, ap) in enumerate(rows):
+                if ap[source] is None:
+                    continue
+                ax.plot(ap[source], -i, marker=marker, color=colour, linestyle="none", markersize=7,
+                        markerfacecolor="none" if i == 0 else colour, label=source if i == 1 else None)
+        ax.axvline(TARGET, color="0.3", linestyle="--", linewidth=1, label=f"target overall {TARGET}")
+        ax.set_yticks([-i for i in range(len(rows))])
+        ax.set_yticklabels([name for name, _ in rows], fontsize=7)
+        ax.set_xlabel("AP50 (VOC07 11-point), test split")
+        ax.set_xlim(0, 1)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title("Baseline recipes tried for issue #2 (hollow: the COCO-trained reference)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+
+    return save_plot(path, draw, figsize=(9, 1.5 + 0.3 * len(rows)))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("reports", nargs="+", type=Path, help="accuracy_by_size.json files")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "baseline_recipes")
+    args = ap.parse_args(argv)
+    try:
+        entries = collect(args.reports, args.split)
+    except ValueError as exc:
+        ap.error(str(exc))
+    report = {"split": args.split, "target": TARGET, "reference": REFERENCE, "checkpoints": entries}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "baseline_recipes.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(args.out / "baseline_recipes.md", markdown(entries).encode())
+    plot(args.out / "baseline_recipes.png", entries)
+    return report
+
+
+if __name__ == "__main__":
+    main()
