@@ -40,18 +40,14 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
     by_name: Dict[str, Dict] = {}
     for path in paths:
         try:
-            report = json.loads(Path(path).read_text())
-            results = report["results"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not an accuracy_by_size report ({exc})") from exc
-        for res in results:
-            if res.get("split") != split:
-                continue
-            rows = {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"}
+            found = [(res["checkpoint"], {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"})
+                     for res in json.loads(Path(path).read_text())["results"] if res.get("split") == split]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not an accuracy_by_size report ({type(exc).__name__}: {exc})") from exc
+        for name, rows in found:
             ap = {s: rows.get("all" if s == "overall" else s) for s in SOURCES}
             # compared to 6 digits: the same weights evaluated with other thread counts may differ in the last bits
             ap = {s: None if v is None else round(float(v), 6) for s, v in ap.items()}
-            name = res["checkpoint"]
             if name in by_name:
                 if by_name[name]["ap50"] != ap:
                     raise ValueError(f"{path}: checkpoint {name!r} has other figures than in "

@@ -51,3 +51,6 @@ def test_main_writes_table_and_plot(tmp_path, capsys) -> None:
         main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "bad")])
     assert "missing.json: not an accuracy_by_size report" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"results": [{"checkpoint": "x.pt", "split": "test"}]}))
+    with pytest.raises(ValueError, match=r"other\.json: not an accuracy_by_size report \(KeyError: 'rows'\)"):
+        collect([tmp_path / "other.json"])
