@@ -237,18 +237,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     names = [p.name for p in paths]
     if len(set(names)) < len(names):  # runs/a/final.pt, runs/b/final.pt: label by path
         names = [str(p) for p in paths]
+    datasets = {split: VOCDataset(data_root, split, classes=cfg["data"]["classes"]) for split in args.splits}
     for i, (path, name) in enumerate(zip(paths, names)):
         model = first_model if i == 0 else load_model(path)[0]
-        for size in args.input_sizes or [int(model.config.input_size)]:
+        trained = int(model.config.input_size)
+        for size in args.input_sizes or [trained]:
             label = f"{name}@{size}" if args.input_sizes else name
-            for split in args.splits:
-                ds = VOCDataset(data_root, split, classes=cfg["data"]["classes"])
+            for split, ds in datasets.items():
                 dets, timing = predict_dataset(model, ds, size, progress=True, **prediction_settings(cfg["eval"]))
                 # binned by height at the trained size: the same people in a row whatever size is evaluated
-                rows, kinds = breakdown(dets, ds, int(model.config.input_size), args.edges, deploy_threshold)
+                rows, kinds = breakdown(dets, ds, trained, args.edges, deploy_threshold)
                 results.append({"checkpoint": label, "split": split, "images": len(ds), "input_size": size,
-                                "trained_input_size": int(model.config.input_size), "rows": rows,
-                                "deploy_detections": kinds})
+                                "trained_input_size": trained, "rows": rows, "deploy_detections": kinds})
                 print(f"{label} {split} ({timing['seconds']:.0f} s): " + "; ".join(
                     f"{r['source']} {r['range']} AP50 {_fmt(r['ap50'])} recall {_fmt(r['recall'])}"
                     for r in rows if r["range"] in ("all", range_name(*ranges[-1]))), flush=True)
