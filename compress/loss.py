@@ -5,6 +5,12 @@ box and within ``radius * stride`` of the box centre, and the box's largest poin
 level's scale range; a point claimed by several boxes takes the smallest. Loss: quality focal loss on the class
 scores with the IoU of the predicted box as the soft target (so the score also ranks localisation quality, no
 separate centre-ness branch), plus GIoU loss on the positives.
+
+``assigner="simota"`` replaces the fixed rule by a dynamic one (SimOTA, as in YOLOX and NanoDet-Plus): every box
+picks its positives among the points inside it or near its centre, on any level, by the cost of the current
+prediction there (quality focal loss against the IoU, plus ``3 * -log IoU``, plus a large penalty for a point that is
+not both inside the box and near its centre); a box takes as many points as the sum of its ten best IoUs (at least
+one), and a point two boxes want goes to the cheaper.
 """
 from __future__ import annotations
 
@@ -81,8 +87,67 @@ def assign(
     return best
 
 
+ASSIGNERS = ("fcos", "simota")
+
+
+@torch.no_grad()
+def dynamic_assign(
+    centres: torch.Tensor, strides: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+    pred_boxes: torch.Tensor, logits: torch.Tensor, radius: float = 2.5, candidate_k: int = 10,
+    iou_weight: float = 3.0,
+) -> torch.Tensor:
+    """SimOTA: index of the assigned ground-truth box for every point, -1 for background.
+
+    ``pred_boxes`` (N, 4) and ``logits`` (N, C) are the current predictions at the N points.
+    """
+    n, m = centres.shape[0], gt_boxes.shape[0]
+    result = torch.full((n,), -1, dtype=torch.long, device=centres.device)
+    if m == 0:
+        return result
+    x, y = centres[:, 0:1], centres[:, 1:2]
+    inside = torch.stack([x - gt_boxes[None, :, 0], y - gt_boxes[None, :, 1],
+                          gt_boxes[None, :, 2] - x, gt_boxes[None, :, 3] - y], -1).min(-1).values > 0  # (N, M)
+    cx = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2
+    cy = (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
+    rad = strides[:, None] * radius
+    in_centre = ((x - cx[None]).abs() < rad) & ((y - cy[None]).abs() < rad)
+    candidate = inside | in_centre
+    cand = torch.nonzero(candidate.any(1)).squeeze(1)
+    if cand.numel() == 0:
+        return result
+    boxes = pred_boxes[cand].float()
+    lt = torch.max(boxes[:, None, :2], gt_boxes[None, :, :2])
+    rb = torch.min(boxes[:, None, 2:], gt_boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_p = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
+    area_g = (gt_boxes[:, 2:] - gt_boxes[:, :2]).clamp(min=0).prod(-1)
+    iou = inter / (area_p[:, None] + area_g[None] - inter + 1e-7)  # (K, M)
+    cls_logit = logits[cand].float()[:, gt_labels]  # (K, M): each point's logit of each box's class
+    quality = F.binary_cross_entropy_with_logits(cls_logit, iou, reduction="none")
+    quality = quality * (iou - cls_logit.sigmoid()).pow(2)
+    cost = quality + iou_weight * -torch.log(iou + 1e-7)
+    cost = cost + 1e5 * (~(inside[cand] & in_centre[cand])).float()
+    cost = torch.where(candidate[cand], cost, torch.full_like(cost, INF))
+    k = min(candidate_k, cand.numel())
+    dynamic_k = torch.topk(iou, k, dim=0).values.sum(0).int().clamp(min=1)  # (M,)
+    order = torch.argsort(cost, dim=0)  # (K, M): cheapest first
+    rank = torch.empty_like(order)
+    rank.scatter_(0, order, torch.arange(cand.numel(), device=order.device)[:, None].expand_as(order))
+    chosen = (rank < dynamic_k[None]) & candidate[cand]
+    # A point chosen by several boxes goes to the one it costs least.
+    cost = torch.where(chosen, cost, torch.full_like(cost, 2 * INF))
+    best_cost, best = cost.min(1)
+    keep = best_cost < 2 * INF
+    result[cand[keep]] = best[keep]
+    return result
+
+
 class DetectionLoss:
-    def __init__(self, model: Detector, box_weight: float = 2.0, radius: float = 2.5, qfl_beta: float = 2.0) -> None:
+    def __init__(self, model: Detector, box_weight: float = 2.0, radius: float = 2.5, qfl_beta: float = 2.0,
+                 assigner: str = "fcos") -> None:
+        if assigner not in ASSIGNERS:
+            raise ValueError(f"unknown assigner {assigner!r}; choose from {ASSIGNERS}")
+        self.assigner = assigner
         self.num_classes = model.config.num_classes
         self.strides = model.strides
         self.ranges = scale_ranges(self.strides)
@@ -111,7 +176,11 @@ class DetectionLoss:
         pos_pred, pos_gt = [], []
         pos_index = []
         for i, tgt in enumerate(targets):
-            gt_idx = assign(centres, strides, levels, tgt["boxes"], self.ranges, self.radius)
+            if self.assigner == "simota":
+                gt_idx = dynamic_assign(centres, strides, tgt["boxes"], tgt["labels"], pred_boxes[i].detach(),
+                                        logits[i].detach(), self.radius)
+            else:
+                gt_idx = assign(centres, strides, levels, tgt["boxes"], self.ranges, self.radius)
             pos = torch.nonzero(gt_idx >= 0).squeeze(1)
             if pos.numel() == 0:
                 continue

@@ -375,7 +375,8 @@ def finetune(
     num_classes = model.config.num_classes
     from compress.loss import DetectionLoss
 
-    loss_fn = DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)))
+    loss_fn = DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)),
+                            assigner=str(cfg.get("assigner", "fcos")))
     base_lr, min_ratio = float(cfg.get("lr", 2e-3)), float(cfg.get("min_lr_ratio", 0.05))
     budget = _Budget(steps, seconds)
     stream = batch_stream(train_set, size, cfg, seed)

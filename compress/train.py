@@ -250,7 +250,8 @@ def train(
     frozen = freeze_early_blocks(model, int(cfg.get("freeze_blocks", 0)))
     # NOTE: channels_last makes CPU convolutions (depthwise ones above all) markedly faster in training.
     model.to(memory_format=torch.channels_last)
-    loss_fn = DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)))
+    loss_fn = DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)),
+                            assigner=str(cfg.get("assigner", "fcos")))
     opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05))), lr=float(cfg.get("lr", 2e-3)))
     steps_per_epoch = max(len(data) // bs, 1) if len(data) > bs else 1
     total_steps = epochs * steps_per_epoch

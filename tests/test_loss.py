@@ -1,4 +1,4 @@
-"""Target assignment (FCOS with centre sampling) and the detection loss, against hand-computed cases."""
+"""Target assignment (FCOS with centre sampling; SimOTA) and the detection loss, against hand-computed cases."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compress.detector import Detector, DetectorConfig, grid_points
-from compress.loss import INF, DetectionLoss, assign, box_iou_aligned, scale_ranges
+from compress.loss import INF, DetectionLoss, assign, box_iou_aligned, dynamic_assign, scale_ranges
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,3 +172,100 @@ def test_detection_loss_hand_computed():
     assert parts["box"] == pytest.approx(box, rel=1e-5)
     assert parts["cls"] == pytest.approx(cls, rel=1e-5)
     assert float(loss.detach()) == pytest.approx(cls + 2.0 * box, rel=1e-5)
+
+
+# SimOTA on a 64 x 64 input: level 8 is an 8x8 grid (centres 4..60, index y * 8 + x), level 16 a 4x4 grid (centres
+# 8, 24, 40, 56; index 64 + y * 4 + x), level 32 a 2x2 grid (index 80 + y * 2 + x).
+FAR_BOX = [50.0, 50.0, 60.0, 60.0]  # IoU 0 with every box below (they end at 40)
+
+
+def _predictions(perfect):
+    """Every point predicts FAR_BOX with logit 0, except the points of ``perfect`` (index -> box)."""
+    centres, strides, _ = _points(64)
+    pred = torch.tensor([FAR_BOX]).repeat(centres.shape[0], 1)
+    for i, box in perfect.items():
+        pred[i] = torch.tensor(box)
+    return centres, strides, pred, torch.zeros(centres.shape[0], 1)
+
+
+def test_dynamic_assign_takes_as_many_points_as_the_summed_ious():
+    box = [0.0, 0.0, 40.0, 40.0]  # centre (20, 20)
+    # Three candidates predict the box exactly (level-8 points (12, 12) and (20, 20), level-16 point (24, 24)), and
+    # so does level-8 point (60, 60), which is neither inside the box nor within 2.5 strides (20) of its centre.
+    centres, strides, pred, logits = _predictions({9: box, 18: box, 69: box, 63: box})
+    idx = dynamic_assign(centres, strides, torch.tensor([box]), torch.tensor([0]), pred, logits)
+    assert idx.shape == (84,) and idx.dtype == torch.long
+    # Ten best candidate IoUs sum to 3 (point 63 is no candidate): k = 3, the three exact points (cost
+    # ln 2 * 0.25 against ln 2 * 0.25 + 3 * -ln(1e-7) = 48.5 elsewhere), on two levels.
+    assert torch.nonzero(idx >= 0).squeeze(1).tolist() == [9, 18, 69]
+    assert set(idx[idx >= 0].tolist()) == {0}
+
+
+def test_dynamic_assign_prefers_points_inside_and_near_the_centre():
+    box = [0.0, 0.0, 40.0, 40.0]
+    # Level-16 point (40, 40) is within 2.5 strides (40) of the centre but not inside the box: a candidate, penalised.
+    centres, strides, pred, logits = _predictions({18: box, 74: box})
+    idx = dynamic_assign(centres, strides, torch.tensor([box]), torch.tensor([0]), pred, logits)
+    pos = torch.nonzero(idx >= 0).squeeze(1).tolist()
+    # k = 2: the exact point inside, then one of the IoU-0 points that are inside and near the centre (48.5) before
+    # the exact point outside (0.17 + 1e5).
+    assert len(pos) == 2 and 18 in pos and 74 not in pos
+    x, y = centres[pos[1] if pos[0] == 18 else pos[0]].tolist()
+    assert 0 < x < 40 and 0 < y < 40
+
+
+def test_dynamic_assign_one_point_per_box_when_nothing_overlaps():
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [2.0, 10.0, 30.0, 38.0]])
+    centres, strides, pred, logits = _predictions({})
+    idx = dynamic_assign(centres, strides, boxes, torch.tensor([0, 0]), pred, logits)
+    # Every IoU is 0: k is floored at 1, and each box gets one point inside it and near its centre.
+    assert sorted(idx[idx >= 0].tolist()) == [0, 1]
+    for j in (0, 1):
+        (x, y), b = centres[idx == j][0].tolist(), boxes[j].tolist()
+        assert b[0] < x < b[2] and b[1] < y < b[3]
+
+
+def test_dynamic_assign_a_contested_point_goes_to_the_cheaper_box():
+    a, b = [0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 40.0, 32.0]
+    # Level-8 point (20, 20) predicts box a: IoU 1 with a, 1280 / 1600 = 0.8 with b; no other point overlaps either.
+    centres, strides, pred, logits = _predictions({18: a})
+    idx = dynamic_assign(centres, strides, torch.tensor([a, b]), torch.tensor([0, 0]), pred, logits)
+    # k = 1 for both boxes and both want point 18: cost ln 2 * 0.25 = 0.17 for a, ln 2 * 0.09 + 3 * -ln 0.8 = 0.73
+    # for b. It goes to a; b is left without a positive (SimOTA does not hand it another).
+    assert idx[18] == 0
+    assert torch.nonzero(idx >= 0).squeeze(1).tolist() == [18]
+
+
+def test_dynamic_assign_no_boxes():
+    centres, strides, pred, logits = _predictions({})
+    idx = dynamic_assign(centres, strides, torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.long), pred, logits)
+    assert (idx == -1).all() and idx.shape == (84,)
+
+
+def test_detection_loss_with_simota(tiny_model):
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 64, 64)
+    gt = torch.tensor([[0.0, 0.0, 40.0, 40.0]])
+    targets = [{"boxes": gt, "labels": torch.tensor([0])},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)}]
+    loss_fn = DetectionLoss(tiny_model, assigner="simota")
+    tiny_model.train()
+    outs = tiny_model(images)
+    loss, parts = loss_fn(tiny_model, outs, targets)
+    # The positives are those of dynamic_assign on the same (detached) predictions.
+    logits, log_dist, sizes = tiny_model.flatten(outs)
+    centres, strides, _ = _points(64)
+    dist = torch.exp(log_dist[0].clamp(max=tiny_model.MAX_LOG_DISTANCE)) * strides[:, None]
+    pred = torch.cat([centres - dist[:, :2], centres + dist[:, 2:]], -1)
+    idx = dynamic_assign(centres, strides, gt, torch.tensor([0]), pred.detach(), logits[0].detach())
+    n_pos = int((idx >= 0).sum())
+    assert n_pos >= 1 and parts["pos"] == n_pos / 2
+    assert math.isfinite(float(loss.detach())) and float(loss.detach()) == pytest.approx(
+        parts["cls"] + 2.0 * parts["box"], rel=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(h.pred.weight.grad).all() for h in tiny_model.heads)
+
+
+def test_unknown_assigner_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="unknown assigner 'atss'.*fcos.*simota"):
+        DetectionLoss(tiny_model, assigner="atss")
