@@ -373,10 +373,9 @@ def finetune(
     torch.manual_seed(seed)
     size = model.config.input_size
     num_classes = model.config.num_classes
-    from compress.loss import DetectionLoss
+    from compress.train import loss_from_config
 
-    loss_fn = DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)),
-                            assigner=str(cfg.get("assigner", "fcos")))
+    loss_fn = loss_from_config(model, cfg)
     base_lr, min_ratio = float(cfg.get("lr", 2e-3)), float(cfg.get("min_lr_ratio", 0.05))
     budget = _Budget(steps, seconds)
     stream = batch_stream(train_set, size, cfg, seed)

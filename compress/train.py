@@ -21,7 +21,7 @@ from torch import nn
 from compress.augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor_layout, train_sample
 from compress.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from compress.detector import Detector
-from compress.loss import DetectionLoss
+from compress.loss import ASSIGNERS, DetectionLoss
 from compress.voc import VOCDataset, load_image
 
 
@@ -167,6 +167,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def loss_from_config(model: Detector, cfg: Dict) -> DetectionLoss:
+    """The detection loss of a ``train`` configuration; an unknown ``train.assigner`` is a configuration error."""
+    from jetson_compress.config import ConfigError
+
+    assigner = str(cfg.get("assigner", "fcos"))
+    if assigner not in ASSIGNERS:
+        raise ConfigError(f"train.assigner {assigner!r}: choose from {', '.join(ASSIGNERS)}")
+    return DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)), assigner=assigner)
+
+
 def freeze_early_blocks(model: Detector, n_blocks: int) -> List[nn.Module]:
     """Freeze the first ``n_blocks`` of the backbone (weights and BN statistics).
 
@@ -250,8 +260,7 @@ def train(
     frozen = freeze_early_blocks(model, int(cfg.get("freeze_blocks", 0)))
     # NOTE: channels_last makes CPU convolutions (depthwise ones above all) markedly faster in training.
     model.to(memory_format=torch.channels_last)
-    loss_fn = DetectionLoss(model, box_weight=float(cfg.get("box_weight", 2.0)),
-                            assigner=str(cfg.get("assigner", "fcos")))
+    loss_fn = loss_from_config(model, cfg)
     opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05))), lr=float(cfg.get("lr", 2e-3)))
     steps_per_epoch = max(len(data) // bs, 1) if len(data) > bs else 1
     total_steps = epochs * steps_per_epoch

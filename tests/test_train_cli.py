@@ -245,3 +245,17 @@ def test_source_balanced_training_runs(voc_sample, tmp_path):
     assert rc == 0, stderr
     summary = json.loads((tmp_path / "r" / "train_summary.json").read_text())
     assert summary["history"][0]["loss"] > 0
+
+
+def test_assigner_reaches_the_loss(trained, voc_sample, tmp_path):
+    """The same tiny run with SimOTA's assignment: other positives, another first-epoch loss; recorded in the config."""
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+                          "--set", "train.assigner=simota"])
+    assert rc == 0, stderr
+    simota = json.loads((tmp_path / "r" / "train_summary.json").read_text())["history"][0]["loss"]
+    fcos = json.loads((trained[0] / "train_summary.json").read_text())["history"][0]["loss"]
+    assert simota > 0 and abs(simota - fcos) > 1e-3
+    assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["assigner"] == "simota"
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "bad"), "--no-eval", *TINY,
+                          "--set", "train.assigner=atss"])
+    assert rc == 2 and "train.assigner 'atss': choose from fcos, simota" in stderr
