@@ -51,9 +51,8 @@ def positives_per_box(model, dataset: VOCDataset) -> Dict[str, Dict[str, List[in
         labels = torch.from_numpy(ann.labels.astype(np.int64))
         with torch.no_grad():
             logits, log_dist, sizes = model.flatten(model.raw_outputs(torch.from_numpy(to_tensor_layout(image))[None]))
+            pred = model.decode(logits, log_dist, sizes)[0][0]
         centres, strides, levels = loss._points(sizes, logits.device)
-        dist = torch.exp(log_dist[0].clamp(max=model.MAX_LOG_DISTANCE)) * strides[:, None]
-        pred = torch.cat([centres - dist[:, :2], centres + dist[:, 2:]], -1)
         m = len(boxes)
         fixed = assign(centres, strides, levels, boxes, loss.ranges, loss.radius)
         dynamic = dynamic_assign(centres, strides, boxes, labels, pred, logits[0], loss.radius)

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from benchmarks.assigner_positives import main, positives_per_box, summarise
+from compress.augment import letterbox_params, transform_boxes
 from compress.checkpoint import default_checkpoint, load_model
 from compress.loss import DetectionLoss, assign
-from compress.voc import VOCDataset
+from compress.voc import VOCDataset, load_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,9 +33,6 @@ def test_positives_on_the_voc2007_sample(voc_sample) -> None:
     assert boxes > 0 and len(counts["all"]["fcos"]) == len(counts["all"]["simota"]) == boxes
     # FCOS's counts are the fixed rule's, image by image, in the dataset's box order.
     ann = next(a for a in dataset.annotations if len(a.boxes))
-    from compress.augment import letterbox_params, transform_boxes
-    from compress.voc import load_image
-
     image = load_image(ann.image_path)
     scale, dx, dy = letterbox_params(image.shape[1], image.shape[0], 320)
     loss = DetectionLoss(model)

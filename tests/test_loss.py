@@ -255,8 +255,7 @@ def test_detection_loss_with_simota(tiny_model):
     # The positives are those of dynamic_assign on the same (detached) predictions.
     logits, log_dist, sizes = tiny_model.flatten(outs)
     centres, strides, _ = _points(64)
-    dist = torch.exp(log_dist[0].clamp(max=tiny_model.MAX_LOG_DISTANCE)) * strides[:, None]
-    pred = torch.cat([centres - dist[:, :2], centres + dist[:, 2:]], -1)
+    pred = tiny_model.decode(logits, log_dist, sizes)[0][0]
     idx = dynamic_assign(centres, strides, gt, torch.tensor([0]), pred.detach(), logits[0].detach())
     n_pos = int((idx >= 0).sum())
     assert n_pos >= 1 and parts["pos"] == n_pos / 2
