@@ -103,7 +103,6 @@ def write_subsets(root: Path, split: str, source: str, keep: Sequence[int], seed
     return roots
 
 
-
 def gather(points: Sequence[Sequence[str]], split: str = "test") -> List[Dict]:
     """``[(N, report, checkpoint), ...]`` -> one row per run: ``train_images``, ``checkpoint``, ``report``, ``ap50``
     per source. Raises ValueError naming the report when it has no such checkpoint or N is not a count."""
@@ -111,10 +110,11 @@ def gather(points: Sequence[Sequence[str]], split: str = "test") -> List[Dict]:
     for n, report, name in points:
         try:
             count = int(n)
-            if count < 0:
+            if count < 1:  # the curve is on log2(N)
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{n!r} is not a number of training images (--point N REPORT CHECKPOINT)") from None
+            raise ValueError(f"{n!r} is not a positive number of training images (--point N REPORT CHECKPOINT)") \
+                from None
         entry = next((e for e in collect([Path(report)], split) if name == e["name"] or name in e["aliases"]), None)
         if entry is None:
             raise ValueError(f"{report}: no checkpoint {name!r} evaluated on the {split!r} split")
@@ -124,9 +124,8 @@ def gather(points: Sequence[Sequence[str]], split: str = "test") -> List[Dict]:
 
 def per_doubling(rows: List[Dict], source: str) -> Optional[float]:
     """Slope of the least-squares line of AP50 (points, x100) against log2(N) through every run; None where fewer
-    than two distinct positive N carry a figure."""
-    pts = [(math.log2(r["train_images"]), 100.0 * r["ap50"][source]) for r in rows
-           if r["train_images"] > 0 and r["ap50"][source] is not None]
+    than two distinct N carry a figure."""
+    pts = [(math.log2(r["train_images"]), 100.0 * r["ap50"][source]) for r in rows if r["ap50"][source] is not None]
     if len({x for x, _ in pts}) < 2:
         return None
     mx = sum(x for x, _ in pts) / len(pts)
@@ -156,7 +155,7 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
 
 def markdown(source: str, rows: List[Dict], summary: Dict) -> str:
     lines = [f"# Test AP50 against the number of `{source}` training images", "",
-             f"AP50 (VOC07 11-point) on the test split, every object; the other sources' training images unchanged. "
+             "AP50 (VOC07 11-point) on the test split, every object; the other sources' training images unchanged. "
              "Figures from the reports named; the recipes and commands are in the README beside them.", "",
              f"| {source} training images | checkpoint | " + " | ".join(SOURCES) + " | report |",
              "|---|---|" + "---|" * (len(SOURCES) + 1)]
@@ -169,7 +168,7 @@ def markdown(source: str, rows: List[Dict], summary: Dict) -> str:
         cells = [_fmt(m["ap50_mean"][s]) + ("" if m["ap50_spread"][s] is None else f" ({m['ap50_spread'][s]:.4f})")
                  for s in SOURCES]
         lines.append(f"| {m['train_images']} | {m['runs']} | " + " | ".join(cells) + " |")
-    lines.append(f"| *SSDLite reference (COCO-trained)* | | " + " | ".join(f"{REFERENCE[s]:.3f}" for s in SOURCES)
+    lines.append("| *SSDLite reference (COCO-trained)* | | " + " | ".join(f"{REFERENCE[s]:.3f}" for s in SOURCES)
                  + " |")
     slope = summary["points_per_doubling"]
     lines += ["", "Change per doubling of the " + source + " training images (least-squares line through every run, "
@@ -188,7 +187,7 @@ def plot(path: Path, source: str, rows: List[Dict], summary: Dict) -> bool:
             ax.plot([m["train_images"] for m in ms], [m["ap50_mean"][s] for m in ms], "-", color=colour, label=s)
             ax.axhline(REFERENCE[s], color=colour, linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
-        ns = sorted({r["train_images"] for r in rows if r["train_images"] > 0})
+        ns = sorted({r["train_images"] for r in rows})
         ax.set_xticks(ns)
         ax.set_xticklabels([str(n) for n in ns])
         ax.set_xlabel(f"{source} training images (the other sources whole)")

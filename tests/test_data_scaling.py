@@ -105,5 +105,7 @@ def test_report_means_and_slope_per_doubling(tmp_path, capsys) -> None:
     assert "a.json: no checkpoint 'nope.pt' evaluated on the 'test' split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["report", "--source", "coco", "--point", "many", a, "s0.pt", "--out", str(tmp_path / "bad")])
-    assert "'many' is not a number of training images" in capsys.readouterr().err
+    assert "'many' is not a positive number of training images" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"'0' is not a positive number of training images"):
+        gather([("0", a, "s0.pt")])
     assert not (tmp_path / "bad").exists()
