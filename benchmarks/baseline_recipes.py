@@ -66,8 +66,8 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
     return sorted(entries, key=lambda e: -(e["ap50"]["overall"] or 0.0))
 
 
-def _fmt(x: Optional[float]) -> str:
-    return "–" if x is None else f"{x:.4f}"
+def _fmt(x: Optional[float], digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def markdown(entries: List[Dict]) -> str:

@@ -6,10 +6,10 @@ whole) and see how that source's test AP moves.
 
 ``split`` writes VOCdevkit views that keep a source's first N images of one random order (nested: the 32 kept are
 among the 64 kept), every other image of the split, and nothing else changed: ``Annotations`` and ``JPEGImages`` are
-symbolic links to the original folders, the other split files are copied, and the subset's split file lists the kept
-ids in the original order. The left-out images are listed in ``<split>_<source>_heldout.txt`` of the view, to evaluate
-on images of the same source that training did not see. Each view has a ``subset.json`` with the images and boxes
-kept per source.
+symbolic links to the original folders, and every list of ``ImageSets/Main`` (the split, its class and per-source
+lists) is the original's without the left-out ids, in the original order. The left-out images are listed in
+``<split>_<source>_heldout.txt`` of the view, to evaluate on images of the same source that training did not see.
+Each view has a ``subset.json`` with the images and boxes kept per source.
 
     python benchmarks/data_scaling.py split --data ../shared/data/pedestrians/VOCdevkit --source coco \\
         --keep 32 64 --seed 0 --out runs/data_scaling
@@ -40,13 +40,11 @@ from typing import Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.baseline_recipes import REFERENCE, collect  # noqa: E402
+from benchmarks.baseline_recipes import REFERENCE, SOURCES, _fmt, collect  # noqa: E402
 from benchmarks.common import save_plot  # noqa: E402
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
 from compress.voc import DataError, VOCDataset, read_split, resolve_year_dir  # noqa: E402
 from compress.voc_eval import source_of  # noqa: E402
-
-SOURCES = ("overall", "coco", "mot15", "pennfudan")
 
 
 def source_counts(root: Path, split: str, classes: Sequence[str] = ("person",)) -> Dict[str, Dict[str, int]]:
@@ -107,6 +105,7 @@ def gather(points: Sequence[Sequence[str]], split: str = "test") -> List[Dict]:
     """``[(N, report, checkpoint), ...]`` -> one row per run: ``train_images``, ``checkpoint``, ``report``, ``ap50``
     per source. Raises ValueError naming the report when it has no such checkpoint or N is not a count."""
     rows = []
+    entries: Dict[str, List[Dict]] = {}  # per report file, read once
     for n, report, name in points:
         try:
             count = int(n)
@@ -115,7 +114,9 @@ def gather(points: Sequence[Sequence[str]], split: str = "test") -> List[Dict]:
         except ValueError:
             raise ValueError(f"{n!r} is not a positive number of training images (--point N REPORT CHECKPOINT)") \
                 from None
-        entry = next((e for e in collect([Path(report)], split) if name == e["name"] or name in e["aliases"]), None)
+        if report not in entries:
+            entries[report] = collect([Path(report)], split)
+        entry = next((e for e in entries[report] if name == e["name"] or name in e["aliases"]), None)
         if entry is None:
             raise ValueError(f"{report}: no checkpoint {name!r} evaluated on the {split!r} split")
         rows.append({"train_images": count, "checkpoint": name, "report": str(report), "ap50": entry["ap50"]})
@@ -139,18 +140,13 @@ def summarise(rows: List[Dict]) -> Dict:
         by_n.setdefault(r["train_images"], []).append(r)
     means = []
     for n, rs in sorted(by_n.items()):
-        mean = {}
+        mean, spread = {}, {}
         for s in SOURCES:
             vals = [r["ap50"][s] for r in rs if r["ap50"][s] is not None]
             mean[s] = sum(vals) / len(vals) if vals else None
-        spread = {s: (max(v) - min(v) if len(v) > 1 else None)
-                  for s in SOURCES for v in [[r["ap50"][s] for r in rs if r["ap50"][s] is not None]]}
+            spread[s] = max(vals) - min(vals) if len(vals) > 1 else None
         means.append({"train_images": n, "runs": len(rs), "ap50_mean": mean, "ap50_spread": spread})
     return {"per_n": means, "points_per_doubling": {s: per_doubling(rows, s) for s in SOURCES}}
-
-
-def _fmt(x: Optional[float], digits: int = 4) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def markdown(source: str, rows: List[Dict], summary: Dict) -> str:

@@ -44,6 +44,21 @@ def box_iou_aligned(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> Tupl
     return iou, giou
 
 
+def _point_box_geometry(centres: torch.Tensor, strides: torch.Tensor, gt_boxes: torch.Tensor, radius: float):
+    """Per point and box, the rule both assigners share: distances to the box's edges ``ltrb`` (N, M, 4), whether
+    the point is inside the box, and whether it is within ``radius * stride`` of the box centre (N, M); also the
+    squared distance of every point to every box centre (N, M)."""
+    x, y = centres[:, 0:1], centres[:, 1:2]
+    ltrb = torch.stack([x - gt_boxes[None, :, 0], y - gt_boxes[None, :, 1],
+                        gt_boxes[None, :, 2] - x, gt_boxes[None, :, 3] - y], -1)
+    inside = ltrb.min(-1).values > 0
+    cx = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2
+    cy = (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
+    rad = strides[:, None] * radius
+    in_centre = ((x - cx[None]).abs() < rad) & ((y - cy[None]).abs() < rad)
+    return ltrb, inside, in_centre, (x - cx[None]) ** 2 + (y - cy[None]) ** 2
+
+
 @torch.no_grad()
 def assign(
     centres: torch.Tensor, strides: torch.Tensor, level_of_point: torch.Tensor, gt_boxes: torch.Tensor,
@@ -53,17 +68,7 @@ def assign(
     n, m = centres.shape[0], gt_boxes.shape[0]
     if m == 0:
         return torch.full((n,), -1, dtype=torch.long, device=centres.device)
-    x, y = centres[:, 0:1], centres[:, 1:2]
-    l = x - gt_boxes[None, :, 0]
-    t = y - gt_boxes[None, :, 1]
-    r = gt_boxes[None, :, 2] - x
-    b = gt_boxes[None, :, 3] - y
-    ltrb = torch.stack([l, t, r, b], -1)  # (N, M, 4)
-    inside = ltrb.min(-1).values > 0
-    cx = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2
-    cy = (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
-    rad = strides[:, None] * radius
-    in_centre = ((x - cx[None]).abs() < rad) & ((y - cy[None]).abs() < rad)
+    ltrb, inside, in_centre, centre_d2 = _point_box_geometry(centres, strides, gt_boxes, radius)
     max_d = ltrb.max(-1).values
     lo = torch.tensor([r_[0] for r_ in ranges], device=centres.device)[level_of_point][:, None]
     hi = torch.tensor([r_[1] for r_ in ranges], device=centres.device)[level_of_point][:, None]
@@ -73,10 +78,9 @@ def assign(
     # scale level nearest to its centre (the finest level when none matches).
     orphan = ~ok.any(0)
     if orphan.any():
-        d2 = (x - cx[None]) ** 2 + (y - cy[None]) ** 2  # (N, M)
         level_ok = in_range.any(0)
         fallback = torch.where(level_ok[None], in_range, (level_of_point == 0)[:, None].expand(n, m))
-        d2 = torch.where(fallback, d2, torch.full_like(d2, INF))
+        d2 = torch.where(fallback, centre_d2, torch.full_like(centre_d2, INF))
         nearest = d2.argmin(0)
         cols = torch.nonzero(orphan).squeeze(1)
         ok[nearest[cols], cols] = True
@@ -104,35 +108,24 @@ def dynamic_assign(
     result = torch.full((n,), -1, dtype=torch.long, device=centres.device)
     if m == 0:
         return result
-    x, y = centres[:, 0:1], centres[:, 1:2]
-    inside = torch.stack([x - gt_boxes[None, :, 0], y - gt_boxes[None, :, 1],
-                          gt_boxes[None, :, 2] - x, gt_boxes[None, :, 3] - y], -1).min(-1).values > 0  # (N, M)
-    cx = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2
-    cy = (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
-    rad = strides[:, None] * radius
-    in_centre = ((x - cx[None]).abs() < rad) & ((y - cy[None]).abs() < rad)
+    _, inside, in_centre, _ = _point_box_geometry(centres, strides, gt_boxes, radius)
     candidate = inside | in_centre
     cand = torch.nonzero(candidate.any(1)).squeeze(1)
     if cand.numel() == 0:
         return result
-    boxes = pred_boxes[cand].float()
-    lt = torch.max(boxes[:, None, :2], gt_boxes[None, :, :2])
-    rb = torch.min(boxes[:, None, 2:], gt_boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_p = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
-    area_g = (gt_boxes[:, 2:] - gt_boxes[:, :2]).clamp(min=0).prod(-1)
-    iou = inter / (area_p[:, None] + area_g[None] - inter + 1e-7)  # (K, M)
+    kk = cand.numel()
+    iou = box_iou_aligned(pred_boxes[cand].float()[:, None].expand(kk, m, 4).reshape(-1, 4),
+                          gt_boxes[None].expand(kk, m, 4).reshape(-1, 4))[0].view(kk, m)  # (K, M)
     cls_logit = logits[cand].float()[:, gt_labels]  # (K, M): each point's logit of each box's class
     quality = F.binary_cross_entropy_with_logits(cls_logit, iou, reduction="none")
     quality = quality * (iou - cls_logit.sigmoid()).pow(2)
     cost = quality + iou_weight * -torch.log(iou + 1e-7)
     cost = cost + 1e5 * (~(inside[cand] & in_centre[cand])).float()
     cost = torch.where(candidate[cand], cost, torch.full_like(cost, INF))
-    k = min(candidate_k, cand.numel())
-    dynamic_k = torch.topk(iou, k, dim=0).values.sum(0).int().clamp(min=1)  # (M,)
+    dynamic_k = torch.topk(iou, min(candidate_k, kk), dim=0).values.sum(0).int().clamp(min=1)  # (M,)
     order = torch.argsort(cost, dim=0)  # (K, M): cheapest first
     rank = torch.empty_like(order)
-    rank.scatter_(0, order, torch.arange(cand.numel(), device=order.device)[:, None].expand_as(order))
+    rank.scatter_(0, order, torch.arange(kk, device=order.device)[:, None].expand_as(order))
     chosen = (rank < dynamic_k[None]) & candidate[cand]
     # A point chosen by several boxes goes to the one it costs least.
     cost = torch.where(chosen, cost, torch.full_like(cost, 2 * INF))
