@@ -146,7 +146,20 @@ def summarise(rows: List[Dict]) -> Dict:
             mean[s] = sum(vals) / len(vals) if vals else None
             spread[s] = max(vals) - min(vals) if len(vals) > 1 else None
         means.append({"train_images": n, "runs": len(rs), "ap50_mean": mean, "ap50_spread": spread})
-    return {"per_n": means, "points_per_doubling": {s: per_doubling(rows, s) for s in SOURCES}}
+    return {"per_n": means, "points_per_doubling": {s: per_doubling(rows, s) for s in SOURCES},
+            "steps": steps(means)}
+
+
+def steps(means: List[Dict]) -> List[Dict]:
+    """Change per doubling between consecutive counts' means (AP50 points): whether the curve bends (a line through
+    every run cannot tell a flattening curve from a straight one)."""
+    out = []
+    for a, b in zip(means, means[1:]):
+        doublings = math.log2(b["train_images"] / a["train_images"])
+        out.append({"from": a["train_images"], "to": b["train_images"], "points_per_doubling": {
+            s: None if a["ap50_mean"][s] is None or b["ap50_mean"][s] is None
+            else 100.0 * (b["ap50_mean"][s] - a["ap50_mean"][s]) / doublings for s in SOURCES}})
+    return out
 
 
 def markdown(source: str, rows: List[Dict], summary: Dict) -> str:
@@ -169,6 +182,10 @@ def markdown(source: str, rows: List[Dict], summary: Dict) -> str:
     slope = summary["points_per_doubling"]
     lines += ["", "Change per doubling of the " + source + " training images (least-squares line through every run, "
               "AP50 points): " + ", ".join(f"{s} {_fmt(slope[s], 2)}" for s in SOURCES) + "."]
+    if len(summary["steps"]) > 1:
+        lines += ["", "Between consecutive counts (means, AP50 points per doubling):", ""]
+        lines += [f"- {st['from']} → {st['to']}: " + ", ".join(f"{s} {_fmt(st['points_per_doubling'][s], 2)}"
+                                                           for s in SOURCES) for st in summary["steps"]]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.data_scaling import gather, main, per_doubling, source_counts, summarise, write_subsets
+from benchmarks.data_scaling import gather, main, markdown, per_doubling, source_counts, summarise, write_subsets
 from compress.voc import DataError, VOCDataset, read_split
 
 
@@ -89,6 +89,15 @@ def test_report_means_and_slope_per_doubling(tmp_path, capsys) -> None:
     assert s["points_per_doubling"]["overall"] == pytest.approx(1.5)
     assert s["points_per_doubling"]["mot15"] is None  # no figures
     assert per_doubling(rows[1:], "coco") is None  # one N only
+    assert s["steps"] == [{"from": 32, "to": 128, "points_per_doubling": pytest.approx(
+        {"overall": 1.5, "coco": 5.5, "mot15": None, "pennfudan": None})}]  # (31 - 20) / 2, (61 - 58) / 2
+    c = _report(tmp_path / "c.json", [("c64.pt", 0.60, 0.29)])
+    bent = summarise(rows + gather([("64", c, "c64.pt")]))
+    assert [(st["from"], st["to"]) for st in bent["steps"]] == [(32, 64), (64, 128)]
+    assert bent["steps"][0]["points_per_doubling"]["coco"] == pytest.approx(9.0)  # 29 - 20 in one doubling
+    assert bent["steps"][1]["points_per_doubling"]["coco"] == pytest.approx(2.0)  # 31 - 29
+    assert bent["steps"][1]["points_per_doubling"]["overall"] == pytest.approx(1.0)  # 61 - 60
+    assert "- 32 → 64: overall 2.00, coco 9.00, mot15 –, pennfudan –" in markdown("coco", rows, bent)
 
     main(["report", "--source", "coco", "--point", "128", a, "s0.pt", "--point", "128", a, "s1.pt",
           "--point", "32", b, "c32.pt", "--out", str(tmp_path / "out")])
