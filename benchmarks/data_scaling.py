@@ -20,8 +20,8 @@ Each view has a ``subset.json`` with the images and boxes kept per source.
 names it), and tabulates and plots test AP50 per source against N (log scale), with the mean per N and the change
 per doubling of N from a least-squares line through every run (in AP50 points, where two or more N are given) and
 between consecutive N's means (whether the curve bends, where three or more are given). It measures nothing itself:
-the figures are those of the reports. (The full command behind ``benchmarks/results/baseline_data_scaling/``, five
-runs at 32 / 64 / 128, is in that folder's README.)
+the figures are those of the reports. (The full command behind ``benchmarks/results/baseline_data_scaling/``, every
+run at 32 / 64 / 128, is in that folder's README.)
 
     python benchmarks/data_scaling.py report --source coco \\
         --point 128 benchmarks/results/baseline_freeze/accuracy_by_size.json frozen14_seed0.pt \\
