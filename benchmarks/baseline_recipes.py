@@ -10,7 +10,7 @@ reports that give one name different figures are refused.
     python benchmarks/baseline_recipes.py benchmarks/results/accuracy_by_size.json \\
         benchmarks/results/baseline_{freeze,schedule}/accuracy_by_size.json \\
         benchmarks/results/baseline_architecture/{input_size,wide_neck,assigner}/accuracy_by_size.json \\
-        --out benchmarks/results/baseline_recipes
+        benchmarks/results/baseline_copy_paste/accuracy_by_size.json --out benchmarks/results/baseline_recipes
 
 Writes ``baseline_recipes.json``, ``.md`` and ``.png`` to ``--out``.
 """

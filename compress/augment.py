@@ -1,4 +1,5 @@
-"""Image geometry for training and evaluation: letterbox, random scale/crop, flip, colour jitter, mosaic.
+"""Image geometry for training and evaluation: letterbox, random scale/crop, flip, colour jitter, mosaic,
+copy-paste of annotated instances.
 
 Every geometric step is one affine map (scale + translation) applied with a single ``cv2.warpAffine``, so the
 boxes follow the image exactly. The letterbox used at evaluation time is the same one that the deploy bundle's
@@ -159,6 +160,74 @@ def mosaic(
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     boxes, labels = clip_and_filter(boxes.astype(np.float32), labels, area, size)
     return out, boxes, labels
+
+
+def paste_instances(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, donors: list, rng: np.random.Generator,
+    height_range: Tuple[float, float] = (0.05, 0.6), margin: float = 0.15, max_upscale: float = 2.0,
+    max_cover: float = 0.5, max_iou: float = 0.3, tries: int = 10,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box-level copy-paste: each donor ``(donor_image, box, label)`` is cut out with ``margin`` of context on every
+    side, resized so its box is a log-uniform ``height_range`` fraction of this image's height (never enlarged more
+    than ``max_upscale``), mirrored half the time and blended in with an alpha that ramps from 0 at the cut's edge to
+    1 at the box, so the cut leaves no hard seam. A placement is drawn again (up to ``tries`` times, else the donor is
+    skipped) when it would hide more than ``max_cover`` of a box already there or overlap one with IoU above
+    ``max_iou``. Works on the image before the geometric augmentation; returns a new image, the boxes with the pasted
+    ones appended, and their labels. The input image is not modified."""
+    out = image.copy()
+    h_img, w_img = image.shape[:2]
+    all_boxes = [b for b in boxes.astype(np.float32)]
+    all_labels = [int(v) for v in labels]
+    for donor_img, box, label in donors:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        bw, bh = x2 - x1, y2 - y1
+        if bw < 2 or bh < 2:
+            continue
+        dh, dw = donor_img.shape[:2]
+        mx, my = margin * bw, margin * bh
+        cx1, cy1 = int(max(0.0, np.floor(x1 - mx))), int(max(0.0, np.floor(y1 - my)))
+        cx2, cy2 = int(min(float(dw), np.ceil(x2 + mx))), int(min(float(dh), np.ceil(y2 + my)))
+        lo, hi = np.log(height_range[0] * h_img), np.log(height_range[1] * h_img)
+        scale = min(float(np.exp(rng.uniform(lo, hi))) / bh, max_upscale)
+        pw, ph = int(round((cx2 - cx1) * scale)), int(round((cy2 - cy1) * scale))
+        if pw < 2 or ph < 2 or pw > w_img or ph > h_img:
+            continue
+        patch = cv2.resize(donor_img[cy1:cy2, cx1:cx2], (pw, ph),
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        # The box inside the patch, in patch pixels.
+        bx1, by1 = (x1 - cx1) * pw / (cx2 - cx1), (y1 - cy1) * ph / (cy2 - cy1)
+        bx2, by2 = (x2 - cx1) * pw / (cx2 - cx1), (y2 - cy1) * ph / (cy2 - cy1)
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+            bx1, bx2 = pw - bx2, pw - bx1
+        # Alpha: 1 on the box, falling linearly to 0 at the patch edge across the margin.
+        xs = np.arange(pw, dtype=np.float32) + 0.5
+        ys = np.arange(ph, dtype=np.float32) + 0.5
+        ax = np.minimum(np.clip(xs / max(bx1, 1e-3), 0, 1), np.clip((pw - xs) / max(pw - bx2, 1e-3), 0, 1))
+        ay = np.minimum(np.clip(ys / max(by1, 1e-3), 0, 1), np.clip((ph - ys) / max(ph - by2, 1e-3), 0, 1))
+        alpha = np.minimum(ay[:, None], ax[None, :])[:, :, None]
+        existing = np.asarray(all_boxes, np.float32).reshape(-1, 4)
+        for _ in range(tries):
+            px, py = int(rng.integers(0, w_img - pw + 1)), int(rng.integers(0, h_img - ph + 1))
+            new_box = np.array([px + bx1, py + by1, px + bx2, py + by2], np.float32)
+            if len(existing):
+                ix = np.clip(np.minimum(existing[:, 2], px + pw) - np.maximum(existing[:, 0], px), 0, None)
+                iy = np.clip(np.minimum(existing[:, 3], py + ph) - np.maximum(existing[:, 1], py), 0, None)
+                area = np.maximum((existing[:, 2] - existing[:, 0]) * (existing[:, 3] - existing[:, 1]), 1e-6)
+                if (ix * iy / area > max_cover).any():
+                    continue
+                jx = np.clip(np.minimum(existing[:, 2], new_box[2]) - np.maximum(existing[:, 0], new_box[0]), 0, None)
+                jy = np.clip(np.minimum(existing[:, 3], new_box[3]) - np.maximum(existing[:, 1], new_box[1]), 0, None)
+                inter = jx * jy
+                union = area + (new_box[2] - new_box[0]) * (new_box[3] - new_box[1]) - inter
+                if (inter / union > max_iou).any():
+                    continue
+            region = out[py:py + ph, px:px + pw].astype(np.float32)
+            out[py:py + ph, px:px + pw] = (alpha * patch + (1 - alpha) * region + 0.5).astype(np.uint8)
+            all_boxes.append(new_box)
+            all_labels.append(int(label))
+            break
+    return (out, np.asarray(all_boxes, np.float32).reshape(-1, 4), np.asarray(all_labels, np.int64))
 
 
 def maybe(rng: np.random.Generator, p: float) -> bool:

@@ -12,13 +12,13 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from compress.augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor_layout, train_sample
+from compress.augment import IMAGENET_MEAN, IMAGENET_STD, maybe, paste_instances, to_tensor_layout, train_sample
 from compress.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from compress.detector import Detector
 from compress.loss import ASSIGNERS, DetectionLoss
@@ -56,6 +56,22 @@ class TrainSet(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         # Images with no box of the selected classes are kept as negatives.
+        self.copy_paste_prob = float(cfg.get("copy_paste_prob", 0.0) or 0.0)
+        self.copy_paste_max = int(cfg.get("copy_paste_max", 3))
+        self.donors = donor_index(dataset) if self.copy_paste_prob > 0 else []
+
+    def pick_donors(self, rng: np.random.Generator) -> list:
+        """Instances to paste into one sample: 1..copy_paste_max of them, each from a source drawn uniformly (so the
+        few COCO and Penn-Fudan people are drawn as often as the many MOT15 ones), then an instance of it."""
+        if not self.donors:
+            return []
+        picked = []
+        for _ in range(int(rng.integers(1, self.copy_paste_max + 1))):
+            group = self.donors[int(rng.integers(0, len(self.donors)))]
+            i, k = group[int(rng.integers(0, len(group)))]
+            ann = self.dataset[i]
+            picked.append((self.cache.get(i), ann.boxes[k], ann.labels[k]))
+        return picked
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -68,8 +84,11 @@ class TrainSet(torch.utils.data.Dataset):
         if mosaic_prob > 0:
             others = rng.integers(0, len(self.dataset), 3)
             extra = [(self.cache.get(int(j)), self.dataset[int(j)].boxes, self.dataset[int(j)].labels) for j in others]
+        image, boxes, labels = self.cache.get(i), ann.boxes, ann.labels
+        if maybe(rng, self.copy_paste_prob):
+            image, boxes, labels = paste_instances(image, boxes, labels, self.pick_donors(rng), rng)
         img, boxes, labels = train_sample(
-            self.cache.get(i), ann.boxes, ann.labels, self.size, rng,
+            image, boxes, labels, self.size, rng,
             scale_range=tuple(self.cfg.get("scale_range", (0.5, 1.5))),
             flip_prob=float(self.cfg.get("flip_prob", 0.5)),
             jitter=bool(self.cfg.get("jitter", True)),
@@ -77,6 +96,19 @@ class TrainSet(torch.utils.data.Dataset):
         )
         return (torch.from_numpy(to_tensor_layout(img)),
                 {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels.astype(np.int64))})
+
+
+def donor_index(dataset: VOCDataset, min_height: float = 16.0, min_width: float = 4.0) -> List[List[Tuple[int, int]]]:
+    """The instances copy-paste may take, grouped by source (the id prefix, as in the per-source evaluation):
+    ``(image index, box index)`` of every box at least ``min_height`` x ``min_width`` pixels and not ``difficult``."""
+    from compress.voc_eval import source_of
+
+    groups: Dict[str, List[Tuple[int, int]]] = {}
+    for i, ann in enumerate(dataset.annotations):
+        for k, (box, hard) in enumerate(zip(ann.boxes, ann.difficult)):
+            if not hard and box[3] - box[1] >= min_height and box[2] - box[0] >= min_width:
+                groups.setdefault(source_of(ann.image_id) or "", []).append((i, k))
+    return [groups[key] for key in sorted(groups)]
 
 
 class DeviceError(ValueError):

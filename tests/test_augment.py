@@ -1,4 +1,5 @@
-"""Augmentation geometry: letterbox, box transforms, random affine (boxes follow the pixels), mosaic, jitter."""
+"""Augmentation geometry: letterbox, box transforms, random affine (boxes follow the pixels), mosaic, jitter,
+copy-paste."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from compress.augment import (
     letterbox,
     letterbox_params,
     mosaic,
+    paste_instances,
     random_affine,
     to_tensor_layout,
     train_sample,
@@ -175,3 +177,76 @@ def test_to_tensor_layout_exact():
     # mean 0, std 1: plain scaling to [0, 1].
     t = to_tensor_layout(np.full((2, 2, 3), 255, np.uint8), mean=(0, 0, 0), std=(1, 1, 1))
     assert (t == 1.0).all()
+
+
+def _donor():
+    """A 60 x 40 donor: background 50, the person box (x 10..30, y 10..50) at 200."""
+    img = np.full((60, 40, 3), 50, np.uint8)
+    img[10:50, 10:30] = 200
+    return img, np.array([10, 10, 30, 50], np.float32)
+
+
+def test_paste_instances_box_follows_the_pixels():
+    """The pasted box holds the donor's box pixels (mirrored or not), its context blends into the target, the rest of
+    the target and the input arrays are untouched."""
+    donor_img, donor_box = _donor()
+    target = np.zeros((120, 160, 3), np.uint8)
+    old = np.array([[0, 0, 8, 8]], np.float32)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        out, b, lb = paste_instances(target, old, np.array([0]), [(donor_img, donor_box, 3)], rng, margin=0.25)
+        assert (target == 0).all()
+        assert b.shape == (2, 4) and b.dtype == np.float32 and lb.tolist() == [0, 3]
+        assert (b[0] == old[0]).all()
+        x1, y1, x2, y2 = b[1]
+        h = y2 - y1
+        assert 0.05 * 120 - 1e-3 <= h <= min(0.6 * 120, 2 * 40) + 1e-3  # height range, at most 2x enlarged
+        assert (x2 - x1) / h == pytest.approx(0.5, abs=0.05)  # the box's aspect survives
+        inner = out[int(np.ceil(y1)) + 1:int(y2) - 1, int(np.ceil(x1)) + 1:int(x2) - 1]
+        assert inner.size and (np.abs(inner.astype(int) - 200) <= 1).all()
+        # Outside the box the pixels are darker: context (50, blended towards the target's 0) or the target itself.
+        assert out[int(y2) + 1:, :].max(initial=0) < 200 and out[:, int(x2) + 1:].max(initial=0) < 200
+        changed = (out != 0).any(axis=2)
+        ys, xs = np.nonzero(changed)
+        mx, my = 0.25 * (x2 - x1), 0.25 * (y2 - y1)  # the cut reaches at most the margin beyond the box
+        assert xs.min() >= x1 - mx - 1 and xs.max() <= x2 + mx + 1
+        assert ys.min() >= y1 - my - 1 and ys.max() <= y2 + my + 1
+        # The context ramps: some pixel of the margin lies strictly between the target (0) and the donor's context.
+        assert ((out[changed] > 0) & (out[changed] < 50)).any()
+    # Mirroring: a donor whose box has a bright left half; it lands on either side of the pasted box.
+    donor_img = np.full((60, 40, 3), 50, np.uint8)
+    donor_img[10:50, 10:20] = 250
+    donor_img[10:50, 20:30] = 150
+    sides = set()
+    for seed in range(20):
+        out, b, _ = paste_instances(np.zeros((120, 160, 3), np.uint8), np.zeros((0, 4), np.float32),
+                                    np.zeros(0, np.int64), [(donor_img, donor_box, 0)], np.random.default_rng(seed))
+        x1, y1, x2, y2 = b[0]
+        row = out[int((y1 + y2) / 2), int(np.ceil(x1)) + 1:int(x2) - 1, 0].astype(int)
+        if len(row) < 4:
+            continue
+        left, right = row[: len(row) // 3].mean(), row[-(len(row) // 3):].mean()
+        assert abs(left - right) > 50
+        sides.add(left > right)
+    assert sides == {True, False}
+
+
+def test_paste_instances_respects_existing_boxes():
+    donor_img, donor_box = _donor()
+    target = np.zeros((100, 100, 3), np.uint8)
+    # A box over the whole image: any placement hides part of it; with max_cover 0 nothing may be pasted.
+    whole = np.array([[0, 0, 100, 100]], np.float32)
+    out, b, lb = paste_instances(target, whole, np.array([0]), [(donor_img, donor_box, 0)] * 3,
+                                 np.random.default_rng(0), max_cover=0.0)
+    assert (out == 0).all() and b.tolist() == whole.tolist() and lb.tolist() == [0]
+    # Overlap: no pasted box has IoU > max_iou with an existing one, nor hides more than max_cover of it.
+    existing = np.array([[20, 20, 60, 90], [70, 10, 95, 50]], np.float32)
+    for seed in range(20):
+        _, b, _ = paste_instances(target, existing, np.array([0, 0]), [(donor_img, donor_box, 0)] * 3,
+                                  np.random.default_rng(seed), max_iou=0.3, max_cover=0.5)
+        for new in b[2:]:
+            for e in existing:
+                iw = max(0.0, min(new[2], e[2]) - max(new[0], e[0]))
+                ih = max(0.0, min(new[3], e[3]) - max(new[1], e[1]))
+                union = (new[2] - new[0]) * (new[3] - new[1]) + (e[2] - e[0]) * (e[3] - e[1]) - iw * ih
+                assert iw * ih / union <= 0.3 + 1e-6

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -245,6 +246,35 @@ def test_source_balanced_training_runs(voc_sample, tmp_path):
     assert rc == 0, stderr
     summary = json.loads((tmp_path / "r" / "train_summary.json").read_text())
     assert summary["history"][0]["loss"] > 0
+
+
+def test_copy_paste_donors_by_source(voc_sample):
+    """The donor index groups the usable boxes (not difficult, at least 16 x 4 px) by source; a run with copy-paste
+    trains and records it."""
+    from compress.train import TrainSet, donor_index
+    from compress.voc import VOCDataset
+
+    ds = VOCDataset(voc_sample, "trainval", classes=["person"])
+    groups = donor_index(ds)
+    usable = [(i, k) for i, a in enumerate(ds.annotations) for k, b in enumerate(a.boxes)
+              if not a.difficult[k] and b[3] - b[1] >= 16 and b[2] - b[0] >= 4]
+    assert len(groups) == 1 and sorted(groups[0]) == usable and len(usable) >= 1  # plain VOC ids: one source
+    cfg = {"copy_paste_prob": 1.0, "copy_paste_max": 2, "mosaic_prob": 0.0, "scale_range": [1.0, 1.0]}
+    ts = TrainSet(ds, 128, cfg, seed=0)
+    counts = {len(ts.pick_donors(np.random.default_rng(s))) for s in range(20)}
+    assert counts == {1, 2}
+    empty = next(i for i, a in enumerate(ds.annotations) if len(a.boxes) == 0)  # an image with no person
+    image, target = ts[empty]
+    assert image.shape == (3, 128, 128) and 1 <= len(target["boxes"]) <= 2  # the pasted ones, letterboxed
+    assert len(TrainSet(ds, 128, dict(cfg, copy_paste_prob=0.0), seed=0)[empty][1]["boxes"]) == 0
+
+
+def test_copy_paste_training_runs(voc_sample, tmp_path):
+    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+                          "--set", "train.copy_paste_prob=1.0"])
+    assert rc == 0, stderr
+    assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["history"][0]["loss"] > 0
+    assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["copy_paste_prob"] == 1.0
 
 
 def test_assigner_reaches_the_loss(trained, voc_sample, tmp_path):
