@@ -58,6 +58,11 @@ class TrainSet(torch.utils.data.Dataset):
         # Images with no box of the selected classes are kept as negatives.
         self.copy_paste_prob = float(cfg.get("copy_paste_prob", 0.0) or 0.0)
         self.copy_paste_max = int(cfg.get("copy_paste_max", 3))
+        if not 0.0 <= self.copy_paste_prob <= 1.0 or self.copy_paste_max < 1:
+            from jetson_compress.config import ConfigError
+
+            raise ConfigError(f"train.copy_paste_prob must be within [0, 1] (got {self.copy_paste_prob}) and "
+                              f"train.copy_paste_max at least 1 (got {self.copy_paste_max})")
         self.donors = donor_index(dataset) if self.copy_paste_prob > 0 else []
 
     def pick_donors(self, rng: np.random.Generator) -> list:

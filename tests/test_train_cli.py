@@ -275,6 +275,10 @@ def test_copy_paste_training_runs(voc_sample, tmp_path):
     assert rc == 0, stderr
     assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["history"][0]["loss"] > 0
     assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["copy_paste_prob"] == 1.0
+    for key, value in (("copy_paste_prob", "1.5"), ("copy_paste_max", "0")):
+        rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / key), "--no-eval", *TINY,
+                              "--set", "train.copy_paste_prob=0.5", "--set", f"train.{key}={value}"])
+        assert rc != 0 and f"train.{key}" in stderr
 
 
 def test_assigner_reaches_the_loss(trained, voc_sample, tmp_path):
