@@ -41,7 +41,7 @@ from benchmarks.common import environment, load_baseline, save_plot  # noqa: E40
 from compress.checkpoint import atomic_write_bytes, load_model  # noqa: E402
 from compress.inference import predict_dataset, prediction_settings  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
-from compress.voc_eval import Detections, _pairwise_iou, evaluate_size_ranges, source_of  # noqa: E402
+from compress.voc_eval import Detections, pairwise_iou, evaluate_size_ranges, source_of  # noqa: E402
 
 KINDS = ("true", "duplicate", "localisation", "background", "ignored")
 
@@ -87,7 +87,7 @@ def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) ->
         keep = np.flatnonzero(det.scores >= threshold)
         keep = keep[np.argsort(-det.scores[keep], kind="stable")]
         taken = np.zeros(len(gt.labels), dtype=bool)
-        iou = _pairwise_iou(det.boxes[keep], gt.boxes) if len(gt.labels) else np.zeros((keep.size, 0))
+        iou = pairwise_iou(det.boxes[keep], gt.boxes) if len(gt.labels) else np.zeros((keep.size, 0))
         iou[det.labels[keep][:, None] != np.asarray(gt.labels)[None, :]] = -1.0
         for k in range(keep.size):
             best = int(np.argmax(iou[k])) if iou.shape[1] else -1

@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from compress.voc_eval import pairwise_iou
+
 PAD_VALUE = 114
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -216,11 +218,7 @@ def paste_instances(
                 area = np.maximum((existing[:, 2] - existing[:, 0]) * (existing[:, 3] - existing[:, 1]), 1e-6)
                 if (ix * iy / area > max_cover).any():
                     continue
-                jx = np.clip(np.minimum(existing[:, 2], new_box[2]) - np.maximum(existing[:, 0], new_box[0]), 0, None)
-                jy = np.clip(np.minimum(existing[:, 3], new_box[3]) - np.maximum(existing[:, 1], new_box[1]), 0, None)
-                inter = jx * jy
-                union = area + (new_box[2] - new_box[0]) * (new_box[3] - new_box[1]) - inter
-                if (inter / union > max_iou).any():
+                if (pairwise_iou(new_box[None], existing) > max_iou).any():
                     continue
             region = out[py:py + ph, px:px + pw].astype(np.float32)
             out[py:py + ph, px:px + pw] = (alpha * patch + (1 - alpha) * region + 0.5).astype(np.uint8)

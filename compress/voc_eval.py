@@ -273,7 +273,7 @@ def _match_all(
         boxes, scores, labels = _checked_detections(image_id, det, num_classes)
         image_offset, image_gt_boxes, image_gt_labels = gt_by_image[image_id]
         if image_gt_labels.size:
-            iou = _pairwise_iou(boxes, image_gt_boxes)
+            iou = pairwise_iou(boxes, image_gt_boxes)
             iou[labels[:, None] != image_gt_labels[None, :]] = -1.0  # other classes never match
             best = np.argmax(iou, axis=1)  # first of equal IoUs, as the devkit's strict '>' scan
             best_iou = iou[np.arange(labels.size), best]
@@ -307,7 +307,7 @@ def _match_all(
     return matches
 
 
-def _pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU matrix ``(len(a), len(b))`` in float64, continuous coordinates (no +1); 0 where boxes do not overlap."""
     width = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2]) - np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
     height = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3]) - np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.accuracy_by_size import breakdown, detection_kinds, input_heights, main, size_ranges
 from compress.voc import VOCDataset
-from compress.voc_eval import Detections, _pairwise_iou
+from compress.voc_eval import Detections, pairwise_iou
 
 TOL = 1e-9
 
@@ -57,7 +57,7 @@ def test_detection_kinds_by_hand(voc_sample) -> None:
     dets = {"000009": Detections(boxes, scores, np.zeros(6, dtype=np.int64))}
     # a: true; a again: duplicate; shifted (IoU 1/3 with a): localisation; far: background; b: true (its IoU with
     # a is below 0.5, checked next); c at 0.1: below the threshold.
-    assert _pairwise_iou(b[None], a[None])[0, 0] < 0.5
+    assert pairwise_iou(b[None], a[None])[0, 0] < 0.5
     counts = detection_kinds(dets, {"000009": gts["000009"]}, threshold=0.3)
     assert counts == {"true": 2, "duplicate": 1, "localisation": 1, "background": 1, "ignored": 0}
     hard = {"000009": gts["000009"]._replace(difficult=np.array([True, False, False]))}
