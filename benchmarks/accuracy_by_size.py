@@ -41,7 +41,7 @@ from benchmarks.common import environment, load_baseline, save_plot  # noqa: E40
 from compress.checkpoint import atomic_write_bytes, load_model  # noqa: E402
 from compress.inference import predict_dataset, prediction_settings  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
-from compress.voc_eval import Detections, pairwise_iou, evaluate_size_ranges, source_of  # noqa: E402
+from compress.voc_eval import Detections, evaluate_size_ranges, pairwise_iou, source_of  # noqa: E402
 
 KINDS = ("true", "duplicate", "localisation", "background", "ignored")
 

@@ -15,6 +15,7 @@ from compress.voc_eval import (
     evaluate_all,
     evaluate_detections,
     evaluate_size_ranges,
+    pairwise_iou,
     source_of,
     voc_ap,
 )
@@ -55,6 +56,21 @@ def _both(dets: Dict[str, Detections], gts: Dict[str, GroundTruth], classes: Seq
 
 
 # --------------------------------------------------------------------------------------------- voc_ap
+
+
+def test_pairwise_iou_by_hand() -> None:
+    a = np.array([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 4.0, 2.0]])
+    b = np.array([[5.0, 0.0, 15.0, 10.0],   # half of a[0]: 50 / 150
+                  [0.0, 0.0, 10.0, 10.0],   # a[0] itself; holds a[1] whole: 8 / 100
+                  [10.0, 0.0, 20.0, 10.0],  # touches a[0] along x = 10: no overlap
+                  [2.0, 1.0, 6.0, 3.0]])    # inside a[0]: 8 / 100; a[1]: overlap 2 x 1, union 8 + 8 - 2
+    expected = np.array([[50 / 150, 1.0, 0.0, 8 / 100],
+                         [0.0, 8 / 100, 0.0, 2 / 14]])
+    iou = pairwise_iou(a, b)
+    assert iou.shape == (2, 4) and iou.dtype == np.float64
+    np.testing.assert_allclose(iou, expected, rtol=0, atol=TOL)
+    np.testing.assert_allclose(pairwise_iou(b, a), expected.T, rtol=0, atol=TOL)
+    assert pairwise_iou(a, np.zeros((0, 4))).shape == (2, 0)
 
 
 def test_voc_ap_on_hand_computed_curve() -> None:
