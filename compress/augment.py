@@ -209,13 +209,13 @@ def paste_instances(
         ay = np.minimum(np.clip(ys / max(by1, 1e-3), 0, 1), np.clip((ph - ys) / max(ph - by2, 1e-3), 0, 1))
         alpha = np.minimum(ay[:, None], ax[None, :])[:, :, None]
         existing = np.asarray(all_boxes, np.float32).reshape(-1, 4)
+        area = np.maximum((existing[:, 2] - existing[:, 0]) * (existing[:, 3] - existing[:, 1]), 1e-6)
         for _ in range(tries):
             px, py = int(rng.integers(0, w_img - pw + 1)), int(rng.integers(0, h_img - ph + 1))
             new_box = np.array([px + bx1, py + by1, px + bx2, py + by2], np.float32)
             if len(existing):
                 ix = np.clip(np.minimum(existing[:, 2], px + pw) - np.maximum(existing[:, 0], px), 0, None)
                 iy = np.clip(np.minimum(existing[:, 3], py + ph) - np.maximum(existing[:, 1], py), 0, None)
-                area = np.maximum((existing[:, 2] - existing[:, 0]) * (existing[:, 3] - existing[:, 1]), 1e-6)
                 if (ix * iy / area > max_cover).any():
                     continue
                 if (pairwise_iou(new_box[None], existing) > max_iou).any():

@@ -23,6 +23,7 @@ from compress.checkpoint import atomic_write_bytes, read_checkpoint, save_checkp
 from compress.detector import Detector
 from compress.loss import ASSIGNERS, DetectionLoss
 from compress.voc import VOCDataset, load_image
+from compress.voc_eval import source_of
 
 
 def seed_everything(seed: int) -> None:
@@ -106,8 +107,6 @@ class TrainSet(torch.utils.data.Dataset):
 def donor_index(dataset: VOCDataset, min_height: float = 16.0, min_width: float = 4.0) -> List[List[Tuple[int, int]]]:
     """The instances copy-paste may take, grouped by source (the id prefix, as in the per-source evaluation):
     ``(image index, box index)`` of every box at least ``min_height`` x ``min_width`` pixels and not ``difficult``."""
-    from compress.voc_eval import source_of
-
     groups: Dict[str, List[Tuple[int, int]]] = {}
     for i, ann in enumerate(dataset.annotations):
         for k, (box, hard) in enumerate(zip(ann.boxes, ann.difficult)):
@@ -155,8 +154,6 @@ def source_balance_weights(ids: Sequence[str], power: float) -> np.ndarray:
     evaluation; ids without a prefix form one group). ``power`` 0 samples uniformly over images, 1 gives every
     source the same share of an epoch, 0.5 is in between (square-root balancing).
     """
-    from compress.voc_eval import source_of
-
     if not 0.0 <= power <= 1.0:
         raise ValueError(f"train.source_balance must be within [0, 1], got {power}")
     sources = [source_of(i) or "" for i in ids]

@@ -19,6 +19,7 @@ from compress.augment import (
     train_sample,
     transform_boxes,
 )
+from compress.voc_eval import pairwise_iou
 
 # BGR colours far from each other, from the black background and from the grey padding.
 COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255)]
@@ -244,9 +245,11 @@ def test_paste_instances_respects_existing_boxes():
     for seed in range(20):
         _, b, _ = paste_instances(target, existing, np.array([0, 0]), [(donor_img, donor_box, 0)] * 3,
                                   np.random.default_rng(seed), max_iou=0.3, max_cover=0.5)
-        for new in b[2:]:
+        new = b[2:]
+        assert (pairwise_iou(new, existing) <= 0.3 + 1e-6).all()
+        # The cover limit holds for the whole cut (box + context), so for the box inside it too.
+        for n in new:
             for e in existing:
-                iw = max(0.0, min(new[2], e[2]) - max(new[0], e[0]))
-                ih = max(0.0, min(new[3], e[3]) - max(new[1], e[1]))
-                union = (new[2] - new[0]) * (new[3] - new[1]) + (e[2] - e[0]) * (e[3] - e[1]) - iw * ih
-                assert iw * ih / union <= 0.3 + 1e-6
+                iw = max(0.0, min(n[2], e[2]) - max(n[0], e[0]))
+                ih = max(0.0, min(n[3], e[3]) - max(n[1], e[1]))
+                assert iw * ih / ((e[2] - e[0]) * (e[3] - e[1])) <= 0.5 + 1e-6
