@@ -59,11 +59,15 @@ class TrainSet(torch.utils.data.Dataset):
         # Images with no box of the selected classes are kept as negatives.
         self.copy_paste_prob = float(cfg.get("copy_paste_prob", 0.0) or 0.0)
         self.copy_paste_max = int(cfg.get("copy_paste_max", 3))
-        if not 0.0 <= self.copy_paste_prob <= 1.0 or self.copy_paste_max < 1:
+        # false: images with no box of the selected classes (COCO's negatives) are never pasted into
+        self.copy_paste_negatives = cfg.get("copy_paste_negatives", True)
+        if not 0.0 <= self.copy_paste_prob <= 1.0 or self.copy_paste_max < 1 \
+                or not isinstance(self.copy_paste_negatives, bool):
             from jetson_compress.config import ConfigError
 
-            raise ConfigError(f"train.copy_paste_prob must be within [0, 1] (got {self.copy_paste_prob}) and "
-                              f"train.copy_paste_max at least 1 (got {self.copy_paste_max})")
+            raise ConfigError(f"train.copy_paste_prob must be within [0, 1] (got {self.copy_paste_prob}), "
+                              f"train.copy_paste_max at least 1 (got {self.copy_paste_max}) and "
+                              f"train.copy_paste_negatives true or false (got {self.copy_paste_negatives!r})")
         self.donors = donor_index(dataset) if self.copy_paste_prob > 0 else []
 
     def pick_donors(self, rng: np.random.Generator) -> list:
@@ -91,7 +95,7 @@ class TrainSet(torch.utils.data.Dataset):
             others = rng.integers(0, len(self.dataset), 3)
             extra = [(self.cache.get(int(j)), self.dataset[int(j)].boxes, self.dataset[int(j)].labels) for j in others]
         image, boxes, labels = self.cache.get(i), ann.boxes, ann.labels
-        if maybe(rng, self.copy_paste_prob):
+        if maybe(rng, self.copy_paste_prob) and (self.copy_paste_negatives or len(boxes) > 0):
             image, boxes, labels = paste_instances(image, boxes, labels, self.pick_donors(rng), rng)
         img, boxes, labels = train_sample(
             image, boxes, labels, self.size, rng,

@@ -267,6 +267,11 @@ def test_copy_paste_donors_by_source(voc_sample):
     image, target = ts[empty]
     assert image.shape == (3, 128, 128) and 1 <= len(target["boxes"]) <= 2  # the pasted ones, letterboxed
     assert len(TrainSet(ds, 128, dict(cfg, copy_paste_prob=0.0), seed=0)[empty][1]["boxes"]) == 0
+    # copy_paste_negatives=false keeps the negatives as they are, and still pastes into the images with people
+    keep = TrainSet(ds, 128, dict(cfg, copy_paste_negatives=False), seed=0)
+    assert len(keep[empty][1]["boxes"]) == 0  # 1..2 with the default (above)
+    full = [i for i, a in enumerate(ds.annotations) if len(a.boxes) > 0]
+    assert sum(len(keep[i][1]["boxes"]) for i in full) > sum(len(ds.annotations[i].boxes) for i in full)
 
 
 def test_copy_paste_training_runs(voc_sample, tmp_path):
@@ -275,7 +280,7 @@ def test_copy_paste_training_runs(voc_sample, tmp_path):
     assert rc == 0, stderr
     assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["history"][0]["loss"] > 0
     assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["copy_paste_prob"] == 1.0
-    for key, value in (("copy_paste_prob", "1.5"), ("copy_paste_max", "0")):
+    for key, value in (("copy_paste_prob", "1.5"), ("copy_paste_max", "0"), ("copy_paste_negatives", "maybe")):
         rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / key), "--no-eval", *TINY,
                               "--set", "train.copy_paste_prob=0.5", "--set", f"train.{key}={value}"])
         assert rc != 0 and f"train.{key}" in stderr
