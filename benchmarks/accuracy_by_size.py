@@ -9,7 +9,7 @@ AP50 (VOC07 11-point), recall of all evaluated detections, and recall at the dep
 (``nms.score_threshold`` of the configuration, the threshold the demo draws with). The same figures on the
 training split tell under-fitting (low there too) from a failure to generalise (high there, low on test). The
 detections at the deploy threshold are counted by kind: true, duplicate, badly localised on a person (IoU 0.1–0.5),
-background (IoU < 0.1).
+background (IoU < 0.1), and how many of the background ones fall on images without a person at all.
 
     python benchmarks/accuracy_by_size.py --data ../shared/data/pedestrians/VOCdevkit \\
         [--checkpoint A.pt B.pt] [--splits test trainval] [--edges 16 32 64] [--input-sizes 320 416]
@@ -101,10 +101,19 @@ def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) ->
     return counts
 
 
+def on_negative_images(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
+    """The images without any object of the evaluated classes (difficult ones count as objects) and the detections
+    at score >= ``threshold`` on them: the part of ``detection_kinds``' background made where nobody is."""
+    empty = [i for i, gt in gts.items() if len(gt.labels) == 0]
+    return {"images": len(empty),
+            "detections": int(sum(np.count_nonzero(dets[i].scores >= threshold) for i in empty if i in dets))}
+
+
 def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int, edges: Sequence[float],
-              deploy_threshold: float) -> Tuple[List[Dict], Dict[str, Dict[str, int]]]:
-    """One row per (source, size range), ``all`` first, then each id prefix (see the module docstring); and per
-    source the detections at the deploy threshold counted by kind (``detection_kinds``)."""
+              deploy_threshold: float) -> Tuple[List[Dict], Dict[str, Dict[str, int]], Dict[str, Dict[str, int]]]:
+    """One row per (source, size range), ``all`` first, then each id prefix (see the module docstring); per source
+    the detections at the deploy threshold counted by kind (``detection_kinds``), and those of them on images without
+    any object (``on_negative_images``)."""
     gts = dataset.ground_truths()
     heights = input_heights(dataset, input_size)
     ranges = size_ranges(edges)
@@ -114,7 +123,7 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
         source = source_of(image_id)
         if source is not None:
             groups.setdefault(source, []).append(image_id)
-    rows, kinds = [], {}
+    rows, kinds, negatives = [], {}, {}
     for source, ids in groups.items():
         g = {i: gts[i] for i in ids}
         h = {i: heights[i] for i in ids}
@@ -122,13 +131,14 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
         evaluated = evaluate_size_ranges(d, g, cls, h, ranges)
         deployed = evaluate_size_ranges(above(d, deploy_threshold), g, cls, h, ranges)
         kinds[source] = detection_kinds(d, g, deploy_threshold)
+        negatives[source] = on_negative_images(d, g, deploy_threshold)
         for (lo, hi), ev, dep in zip(ranges, evaluated, deployed):
             n = sum(ev["npos"].values())
             rows.append({"source": source, "range": range_name(lo, hi), "lo": lo, "hi": hi if math.isfinite(hi) else None,
                          "gt": n, "ap50": ev["map"] if n else None,  # figures over the classes with objects here
                          "recall": float(np.nanmean(list(ev["recall"].values()))) if n else None,
                          "recall_deploy": float(np.nanmean(list(dep["recall"].values()))) if n else None})
-    return rows, kinds
+    return rows, kinds, negatives
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -155,11 +165,15 @@ def markdown(results: List[Dict], edges: Sequence[float], deploy_threshold: floa
             cells = [f"{_fmt(r['ap50'])} · {_fmt(r['recall'])} · {_fmt(r['recall_deploy'])} · {r['gt']}" for r in rows]
             lines.append(f"| {source} | " + " | ".join(cells) + " |")
         lines += ["", f"Detections at score ≥ {deploy_threshold:g}, by kind (share of all of them):", "",
-                  "| source | detections | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS)]
+                  "| source | detections | " + " | ".join(KINDS) + " | of the background: on images without "
+                  "objects (images) |", "|---|---|" + "---|" * (len(KINDS) + 1)]
+        negatives = res.get("deploy_on_negatives", {})  # reports written before it have no such counts
         for source, counts in res["deploy_detections"].items():
             total = sum(counts.values())
+            neg = negatives.get(source)
             lines.append(f"| {source} | {total} | " + " | ".join(
-                f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in KINDS) + " |")
+                f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in KINDS) + " | "
+                + (f"{neg['detections']} ({neg['images']})" if neg else "–") + " |")
         lines.append("")
     lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
@@ -246,9 +260,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             for split, ds in datasets.items():
                 dets, timing = predict_dataset(model, ds, size, progress=True, **prediction_settings(cfg["eval"]))
                 # binned by height at the trained size: the same people in a row whatever size is evaluated
-                rows, kinds = breakdown(dets, ds, trained, args.edges, deploy_threshold)
+                rows, kinds, negatives = breakdown(dets, ds, trained, args.edges, deploy_threshold)
                 results.append({"checkpoint": label, "split": split, "images": len(ds), "input_size": size,
-                                "trained_input_size": trained, "rows": rows, "deploy_detections": kinds})
+                                "trained_input_size": trained, "rows": rows, "deploy_detections": kinds,
+                                "deploy_on_negatives": negatives})
                 print(f"{label} {split} ({timing['seconds']:.0f} s): " + "; ".join(
                     f"{r['source']} {r['range']} AP50 {_fmt(r['ap50'])} recall {_fmt(r['recall'])}"
                     for r in rows if r["range"] in ("all", range_name(*ranges[-1]))), flush=True)

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.accuracy_by_size import breakdown, detection_kinds, input_heights, main, size_ranges
+from benchmarks.accuracy_by_size import (breakdown, detection_kinds, input_heights, main, on_negative_images,
+                                         size_ranges)
 from compress.voc import VOCDataset
 from compress.voc_eval import Detections, pairwise_iou
 
@@ -30,7 +31,10 @@ def test_breakdown_on_the_voc_sample(voc_sample) -> None:
     assert heights["000005"].shape == (0,)
     gt = ds.ground_truths()["000009"]
     dets = {"000009": Detections(gt.boxes.copy(), np.array([0.9, 0.8, 0.2]), np.zeros(3, dtype=np.int64))}
-    rows, kinds = breakdown(dets, ds, 320, [40, 88], deploy_threshold=0.3)
+    rows, kinds, negatives = breakdown(dets, ds, 320, [40, 88], deploy_threshold=0.3)
+    # no detection on the person-less images (000005 and the others of the sample without a person)
+    empty = sorted(i for i, g in ds.ground_truths().items() if len(g.labels) == 0)
+    assert "000005" in empty and negatives == {"all": {"images": len(empty), "detections": 0}}
     rows = {r["range"]: r for r in rows}
     assert list(rows) == ["all", "0-40", "40-88", ">=88", ">=40"]  # no id has a source prefix: "all" only
     expect = {  # gt, AP50 (11-point), recall, recall at score >= 0.3
@@ -63,6 +67,13 @@ def test_detection_kinds_by_hand(voc_sample) -> None:
     hard = {"000009": gts["000009"]._replace(difficult=np.array([True, False, False]))}
     assert detection_kinds(dets, hard, 0.3) == {"true": 1, "duplicate": 0, "localisation": 1, "background": 1,
                                                 "ignored": 2}
+    # On an image without a person every detection is background; those at >= 0.3 are counted apart as well.
+    assert len(gts["000005"].labels) == 0
+    nothing = {"000005": Detections(np.stack([far, a]), np.array([0.95, 0.2]), np.zeros(2, dtype=np.int64))}
+    both = {"000009": gts["000009"], "000005": gts["000005"]}
+    assert detection_kinds({**dets, **nothing}, both, 0.3) == dict(counts, background=2)
+    assert on_negative_images({**dets, **nothing}, both, 0.3) == {"images": 1, "detections": 1}
+    assert on_negative_images(dets, both, 0.3) == {"images": 1, "detections": 0}  # 000009's far box is not on one
 
 
 def test_main_writes_the_report(voc_sample, tmp_path) -> None:
@@ -79,6 +90,9 @@ def test_main_writes_the_report(voc_sample, tmp_path) -> None:
     # The true detections at the deploy threshold are the VOC matcher's true positives there.
     counts = saved["results"][0]["deploy_detections"]["all"]
     assert counts["true"] == round(rows["all"]["recall_deploy"] * rows["all"]["gt"])
+    negatives = saved["results"][0]["deploy_on_negatives"]["all"]
+    assert negatives["detections"] <= counts["background"] and negatives["images"] == 5  # test images without a person
+    assert "on images without objects" in (tmp_path / "accuracy_by_size.md").read_text()
 
 
 def test_bad_edges_are_refused_before_any_work(voc_sample, tmp_path, capsys) -> None:
