@@ -113,7 +113,7 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
               deploy_threshold: float) -> Tuple[List[Dict], Dict[str, Dict[str, int]], Dict[str, Dict[str, int]]]:
     """One row per (source, size range), ``all`` first, then each id prefix (see the module docstring); per source
     the detections at the deploy threshold counted by kind (``detection_kinds``), and those of them on images without
-    any object (``on_negative_images``)."""
+    an object of the evaluated classes (``on_negative_images``)."""
     gts = dataset.ground_truths()
     heights = input_heights(dataset, input_size)
     ranges = size_ranges(edges)
