@@ -385,7 +385,7 @@ def run_selftest(require_trt=False, workspace_mib=64, log=None, echo=None):
     if not os.path.isfile(ASSET_PATH):
         add(Check("tiny model", FAIL, "{} is missing: the checkout is incomplete".format(ASSET_PATH), True))
         return checks
-    from runtime.bundle import read_onnx_signature
+    from runtime.onnx_wire import read_onnx_signature
 
     signature = read_onnx_signature(ASSET_PATH)
     add(Check("tiny model", OK, "{} (opset {}, {} bytes)".format(os.path.relpath(ASSET_PATH), signature["opset"],

@@ -21,8 +21,8 @@ Pre-processing is: letterbox (scale to fit, centred, pad with ``pad_value``) to 
 
 `load_manifest` reads the JSON; `validate_manifest` checks its structure; `validate_bundle` also checks every
 variant file (exists, size, sha256; with ``check_onnx`` also its opset, input and output names and shapes, read
-with the small protobuf reader below, so no onnx package is needed); `load_bundle` returns the manifest or raises
-`BundleError` naming the files at fault.
+with `runtime.onnx_wire`'s protobuf reader, so no onnx package is needed); `load_bundle` returns the manifest or
+raises `BundleError` naming the files at fault.
 
 Device side: runs on the Jetson Nano's Python 3.6 with the stdlib only (json, hashlib, os). It must not import
 torch, onnx or numpy-heavy host code, and uses no syntax newer than 3.6 (no dataclasses, walrus, f-string "=",
@@ -33,6 +33,8 @@ import hashlib
 import json
 import os
 import re
+
+from runtime.onnx_wire import read_onnx_signature
 
 __all__ = [
     "BundleError",
@@ -477,118 +479,3 @@ def _check_onnx_signature(path, manifest, entry):
                 problems.append("{}: {} {!r} has ONNX element type {}, the manifest's dtype is {}".format(
                     path, kind, name, got_elem, inp.get("dtype")))
     return problems
-
-
-# ------------------------------------------------------------------------------------ minimal ONNX protobuf reader
-# Just enough of the protobuf wire format to read a model's opset and graph inputs/outputs without the onnx
-# package (which does not install on the Nano's Python 3.6 from a modern wheel). Field numbers from onnx.proto3:
-# ModelProto: 7 graph, 8 opset_import; OperatorSetIdProto: 1 domain, 2 version; GraphProto: 5 initializer,
-# 11 input, 12 output; ValueInfoProto: 1 name, 2 type; TypeProto: 1 tensor_type; Tensor: 1 elem_type, 2 shape;
-# TensorShapeProto: 1 dim; Dimension: 1 dim_value, 2 dim_param; TensorProto: 8 name.
-
-def _varint(buf, pos):
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 70:
-            raise ValueError("varint too long")
-
-
-def _fields(buf):
-    """(field number, wire type, value) for each field of a message; value is int or a memoryview slice."""
-    pos = 0
-    end = len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise ValueError("truncated field {}".format(number))
-            value, pos = buf[pos:pos + length], pos + length
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise ValueError("unsupported wire type {} (field {})".format(wire, number))
-        if pos > end:
-            raise ValueError("truncated message")
-        yield number, wire, value
-
-
-def _value_info(buf):
-    name = ""
-    elem = 0
-    dims = []
-    for number, wire, value in _fields(buf):
-        if number == 1 and wire == 2:
-            name = bytes(value).decode("utf-8")
-        elif number == 2 and wire == 2:
-            for tnum, twire, tval in _fields(value):
-                if tnum == 1 and twire == 2:  # tensor_type
-                    for snum, swire, sval in _fields(tval):
-                        if snum == 1 and swire == 0:
-                            elem = sval
-                        elif snum == 2 and swire == 2:  # shape
-                            for dnum, dwire, dval in _fields(sval):
-                                if dnum == 1 and dwire == 2:
-                                    dim = None
-                                    for xnum, xwire, xval in _fields(dval):
-                                        if xnum == 1 and xwire == 0:
-                                            dim = xval if xval < (1 << 63) else xval - (1 << 64)
-                                        elif xnum == 2 and xwire == 2:
-                                            dim = bytes(xval).decode("utf-8")
-                                    dims.append(dim)
-    return name, elem, dims
-
-
-def read_onnx_signature(path):
-    """{"opset": default-domain opset, "inputs": [(name, elem_type, dims)], "outputs": [...]} of an ONNX file.
-
-    Graph inputs that are initializers (old exporters list weights as inputs) are left out. Raises ValueError when
-    the file is not a parseable ONNX model.
-    """
-    with open(path, "rb") as fh:
-        buf = memoryview(fh.read())
-    opset = None
-    graph = None
-    for number, wire, value in _fields(buf):
-        if number == 7 and wire == 2:
-            graph = value
-        elif number == 8 and wire == 2:
-            domain = ""
-            version = None
-            for onum, owire, oval in _fields(value):
-                if onum == 1 and owire == 2:
-                    domain = bytes(oval).decode("utf-8")
-                elif onum == 2 and owire == 0:
-                    version = oval
-            if domain in ("", "ai.onnx") and version is not None:
-                opset = version
-    if graph is None or opset is None:
-        raise ValueError("no graph or no default-domain opset in the file")
-    inputs = []
-    outputs = []
-    initializers = set()
-    for number, wire, value in _fields(graph):
-        if number == 11 and wire == 2:
-            inputs.append(_value_info(value))
-        elif number == 12 and wire == 2:
-            outputs.append(_value_info(value))
-        elif number == 5 and wire == 2:
-            for tnum, twire, tval in _fields(value):
-                if tnum == 8 and twire == 2:
-                    initializers.add(bytes(tval).decode("utf-8"))
-    inputs = [i for i in inputs if i[0] not in initializers]
-    return {"opset": opset, "inputs": inputs, "outputs": outputs}

@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 import runtime.bundle as rb
+from runtime.onnx_wire import read_onnx_signature
 from compress.flops import count_flops_params
 from export.bundle import RECORD_NAME, BundleWriteError, write_bundle
 from export.lint import ERROR, Finding, LintReport
@@ -255,13 +256,13 @@ def test_check_onnx_compares_file_with_manifest(bundle_copy):
 def test_onnx_signature_reader_agrees_with_onnx(bundle):
     out, _, _ = bundle
     path = out / "baseline.onnx"
-    sig = rb.read_onnx_signature(str(path))
+    sig = read_onnx_signature(str(path))
     model = onnx.load(str(path), load_external_data=False)
     expect = lambda vis: [(v.name, v.type.tensor_type.elem_type,  # noqa: E731
                            [d.dim_value for d in v.type.tensor_type.shape.dim]) for v in vis]
     assert sig == {"opset": 13, "inputs": expect(model.graph.input), "outputs": expect(model.graph.output)}
     with pytest.raises(ValueError):
-        rb.read_onnx_signature(str(out / "manifest.json"))
+        read_onnx_signature(str(out / "manifest.json"))
 
 
 def test_missing_bundle_folder_and_manifest(tmp_path):
@@ -275,19 +276,22 @@ def test_missing_bundle_folder_and_manifest(tmp_path):
 
 # -------------------------------------------------------------------------------- the device-side module itself
 
-def test_runtime_bundle_is_python36_stdlib_only():
-    source = (REPO / "runtime" / "bundle.py").read_text()
+@pytest.mark.parametrize("module", ["runtime.bundle", "runtime.onnx_wire"])
+def test_runtime_bundle_is_python36_stdlib_only(module):
+    """The bundle reader and its ONNX reader: Python 3.6 syntax, the stdlib, and each other only."""
+    source = (REPO / (module.replace(".", "/") + ".py")).read_text()
     tree = ast.parse(source, feature_version=(3, 6))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
+            imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
+            imported.add(node.module or "")
         assert not isinstance(node, ast.NamedExpr)
         if isinstance(node, ast.FormattedValue):
             pytest.fail("f-strings avoided in device code for clarity with Python 3.6")
-    assert imported <= {"json", "hashlib", "os", "re"}, imported  # so no dataclasses, no __future__ either
+    # so no dataclasses, no __future__, no numpy either
+    assert imported <= {"json", "hashlib", "os", "re", "collections", "runtime.onnx_wire"}, imported
 
 
 def test_runtime_bundle_runs_without_host_packages(bundle):

@@ -21,7 +21,7 @@ from runtime.runners import TensorRTRunner, engine_io_specs
 from trt import compat
 from trt.builder import OnnxParseError, build_engine, describe_parser_error
 from trt.cache import EngineCache, cache_key_digest, engine_file_name, make_cache_key
-from trt.onnx_wire import OnnxNode
+from runtime.onnx_wire import OnnxNode
 
 # --- the doubles ------------------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from trt.compat import (
     fp16_decision, get_logger, has_build_serialized_network, import_tensorrt, network_creation_flags, set_workspace,
     timing_cache_supported, trt_version, version_string,
 )
-from trt.onnx_wire import onnx_nodes
+from runtime.onnx_wire import onnx_nodes
 
 __all__ = [
     "DEFAULT_WORKSPACE_MIB", "OnnxParseError", "EngineBuildError", "BuildResult", "describe_parser_error",
@@ -58,7 +58,7 @@ def describe_parser_error(error, nodes=None):
     """One line for one ``IParserError``: node index, name and op type where known, description, error code.
 
     TensorRT 10 reports the node name and operator itself (``node_name()``, ``node_operator()``); 8.2 gives only
-    the node index (``node()``), which ``nodes`` (from `trt.onnx_wire.onnx_nodes`) maps to the name and op type.
+    the node index (``node()``), which ``nodes`` (from `runtime.onnx_wire.onnx_nodes`) maps to the name and op type.
     """
     index = _call_or_none(error, "node")
     index = -1 if index is None else int(index)
