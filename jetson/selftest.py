@@ -25,7 +25,6 @@ silently: the test suite regenerates and compares it).
 
 import argparse
 import collections
-import json
 import os
 import platform
 import shutil

@@ -1,10 +1,11 @@
 """Small generated networks with the structures pruning must handle (residual adds, depthwise convs, concats,
-a detector-like neck, a linear head). Used by the pruning and surgery tests. Also the seeded tiny detectors
-and the one-thread context that many test files share."""
+a detector-like neck, a linear head). Used by the pruning and surgery tests. Also the seeded tiny detectors,
+the one-thread context and the in-process CLI runner that many test files share."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Tuple
+import io
+from typing import Any, Iterator, List, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +26,16 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_cli(argv: List[str]) -> Tuple[int, str, str]:
+    """``jetson-compress ARGV`` in this process: (exit code, stdout, stderr)."""
+    from jetson_compress.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
 
 
 def cbr(cin, cout, k=3, s=1, g=1, act=True):

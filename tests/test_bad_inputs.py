@@ -15,9 +15,7 @@ atomic writer is writing its temporary file.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
 import re
@@ -37,9 +35,8 @@ from compress.checkpoint import save_checkpoint
 from compress.detector import Detector
 from compress.pruning import PLAN_FORMAT, PlanError, apply_plan_structure, load_plan, save_plan
 from jetson.camera import Camera, SourceOpenError, parse_source
-from jetson_compress.cli import main
 from runtime.bundle import BundleError, load_bundle
-from tests.nets import seeded_detector, tiny_config
+from tests.nets import run_cli, seeded_detector, tiny_config
 
 IMG_W, IMG_H = 64, 48
 TRAINVAL, TEST = ["000001", "000002"], ["000003", "000004"]
@@ -157,13 +154,6 @@ class Ctx:
         def full(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.monkeypatch.setattr(os, "fsync", full)
-
-
-def run_cli(argv: List[str]) -> Tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ making bad input

@@ -126,8 +126,8 @@ def test_fused_onnx_has_no_batchnorm_and_no_extra_add(tmp_path):
     removed = remove_layers(model, ["backbone.features.5", "neck.top_down3.dw"])
     assert removed == ["backbone.features.5", "neck.top_down3.dw"]
     base = Detector(SMALL).eval()
-    info_base = export_onnx(fuse_model(base), tmp_path / "base.onnx", 96, opset=13)
-    info_unfused = export_onnx(model, tmp_path / "unfused.onnx", 96, opset=13)
+    export_onnx(fuse_model(base), tmp_path / "base.onnx", 96, opset=13)
+    export_onnx(model, tmp_path / "unfused.onnx", 96, opset=13)
     info_fused = export_onnx(fuse_model(model), tmp_path / "fused.onnx", 96, opset=13)
     assert info_fused["opset"] == 13
     base_ops, unfused_ops, fused_ops = _ops(tmp_path / "base.onnx"), _ops(tmp_path / "unfused.onnx"), _ops(

@@ -2,9 +2,7 @@
 plan + checkpoint round trip, depth + width under one target, and ``jetson-compress prune --method layer``."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 
 import pytest
@@ -20,7 +18,7 @@ from compress.layer_pruning import (LayerPruningError, LayerScaleL1, ResConv, Sc
                                     layer_table, preserve_function, remove_layers, scaled_layers, select_layers)
 from compress.prune_pipeline import layer_prune_detector
 from compress.pruning import PlanError, apply_plan_structure, validate_plan
-from tests.nets import random_detector, tiny_config
+from tests.nets import random_detector, run_cli, tiny_config
 
 SMALL = tiny_config(96)
 
@@ -212,21 +210,12 @@ def test_plan_layer_fields_validated():
     assert isinstance(m.neck.down3.pw, nn.Identity) and isinstance(m.heads[0].dw1, ResConv)
 
 
-def _run(argv):
-    from jetson_compress.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def test_prune_cli_layer_method(tmp_path, voc_sample):
     ckpt = tmp_path / "base.pt"
     model = Detector(tiny_config(64)).eval()
     save_checkpoint(ckpt, model, ["person"])
     out = tmp_path / "layer"
-    rc, stdout, err = _run(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--method", "layer",
+    rc, stdout, err = run_cli(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--method", "layer",
                             "--target-flops", "0.3", "--calibration-images", "4", "--no-eval",
                             "--finetune", "distill", "--finetune-seconds", "2", "--set", "train.batch_size=2",
                             "--out", str(out)])
@@ -236,10 +225,10 @@ def test_prune_cli_layer_method(tmp_path, voc_sample):
     assert metrics["retrain"]["method"] == "distill" and metrics["retrain"]["steps"] >= 1
     loaded, ck = load_model(out / "pruned.pt")
     assert count_flops_params(loaded, (1, 3, 64, 64)).flops == ck["prune_plan"]["achieved"]["flops"]
-    rc, _, err = _run(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--method", "layer",
+    rc, _, err = run_cli(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--method", "layer",
                        "--target-params", "0.3", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "FLOPs target" in err
-    rc, _, err = _run(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--finetune", "graft",
+    rc, _, err = run_cli(["prune", "--checkpoint", str(ckpt), "--data", str(voc_sample), "--finetune", "graft",
                        "--out", str(tmp_path / "bad2")])
     assert rc == 2 and "--finetune-epochs or --finetune-seconds" in err
 

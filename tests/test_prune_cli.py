@@ -1,9 +1,7 @@
 """``jetson-compress prune`` end to end on a tiny checkpoint; compensation and sparsity on the detector."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 
 import onnx
@@ -19,24 +17,16 @@ from compress.flops import count_flops_params
 from compress.pruning import load_plan, prune_groups
 from compress.sparsity import AdaptiveBNL1, dimension_matched_convs, kernel_sparsify, nonzero_cost
 from compress.criteria import allocate, filter_l1, select_channels
-from jetson_compress.cli import main
-from tests.nets import random_detector
+from tests.nets import random_detector, run_cli
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, voc_sample):
     out = tmp_path_factory.mktemp("tiny")
-    rc, _, err = _run(["train", "--data", str(voc_sample), "--out", str(out), "--epochs", "1", "--batch-size", "2",
+    rc, _, err = run_cli(["train", "--data", str(voc_sample), "--out", str(out), "--epochs", "1", "--batch-size", "2",
                        "--set", "model.width_mult=0.5", "--set", "model.input_size=96", "--no-eval"])
     assert rc == 0, err
     return out / "final.pt"
@@ -44,7 +34,7 @@ def tiny_checkpoint(tmp_path_factory, voc_sample):
 
 def test_prune_command_writes_plan_checkpoint_metrics(tmp_path, voc_sample, tiny_checkpoint):
     out = tmp_path / "pruned"
-    rc, stdout, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, stdout, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                             "--target-flops", "0.5", "--method", "richness", "--calibration-images", "6",
                             "--out", str(out)])
     assert rc == 0, err
@@ -81,7 +71,7 @@ def test_stored_baseline_ap_is_reused_only_if_measured_on_the_stored_weights(tmp
     save_checkpoint(path, model, ckpt["classes"], half=half, metrics=metrics,
                     split_hashes={"test": split_file_sha256(voc_sample / "VOC2007", "test")})
     out = tmp_path / "pruned"
-    rc, _, err = _run(["prune", "--checkpoint", str(path), "--data", str(voc_sample), "--target-flops", "0.5",
+    rc, _, err = run_cli(["prune", "--checkpoint", str(path), "--data", str(voc_sample), "--target-flops", "0.5",
                        "--method", "l1", "--calibration-images", "6", "--out", str(out)])
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
@@ -94,7 +84,7 @@ def test_stored_baseline_ap_is_reused_only_if_measured_on_the_stored_weights(tmp
 
 def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, tiny_checkpoint):
     out = tmp_path / "pruned"
-    rc, stdout, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, stdout, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                             "--target-latency", "0.4", "--latency-tilt", "1", "--calibration-images", "6",
                             "--no-eval", "--out", str(out)])
     assert rc == 0, err
@@ -109,7 +99,7 @@ def test_prune_to_a_latency_target_with_the_latency_tilt(tmp_path, voc_sample, t
 def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_checkpoint):
     out = tmp_path / "pruned"
     stream = "backbone.features.2.conv.2"
-    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                        "--target-flops", "0.6", "--calibration-images", "6", "--no-eval", "--keep-whole", stream,
                        "--out", str(out)])
     assert rc == 0, err
@@ -120,7 +110,7 @@ def test_prune_keep_whole_keeps_the_named_stream(tmp_path, voc_sample, tiny_chec
     assert plan["layers"]["backbone.features.3.conv.2"]["keep_out"] is None  # its residual partner too
     assert 0.6 <= json.loads((out / "metrics.json").read_text())["flops_reduction"] < 0.7
     # without the option the same target cuts that stream
-    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                        "--target-flops", "0.6", "--calibration-images", "6", "--no-eval", "--out", str(tmp_path / "b")])
     assert rc == 0, err
     assert load_plan(tmp_path / "b" / "plan.json")["layers"][stream]["keep_out"] is not None
@@ -130,7 +120,7 @@ def test_prune_channel_criterion_group_l1_changes_the_channels_not_their_count(t
                                                                               tiny_checkpoint):
     plans = {}
     for crit in ("l1", "group-l1"):
-        rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+        rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                            "--target-flops", "0.5", "--method", "l1", "--channel-criterion", crit,
                            "--calibration-images", "6", "--no-eval", "--out", str(tmp_path / crit)])
         assert rc == 0, err
@@ -149,7 +139,7 @@ def test_prune_sparsity_training_drives_the_bn_factors_down(tmp_path, voc_sample
     l1 = {}
     for lam in ("0", "0.05"):
         out = tmp_path / f"sp{lam}"
-        rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+        rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                            "--method", "bn", "--target-flops", "0.5", "--calibration-images", "6", "--no-eval",
                            "--sparsity-epochs", "2", "--sparsity-lambda", lam, "--set", "train.batch_size=4",
                            "--set", "train.lr=0.01", "--out", str(out)])
@@ -165,7 +155,7 @@ def test_prune_sparsity_training_drives_the_bn_factors_down(tmp_path, voc_sample
 
 def test_prune_kernel_sparsity_keeps_its_zeros_through_the_finetune(tmp_path, voc_sample, tiny_checkpoint):
     out = tmp_path / "ks"
-    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                        "--target-flops", "0.5", "--calibration-images", "6", "--kernel-sparsity", "0.5",
                        "--finetune-epochs", "1", "--set", "train.batch_size=4", "--set", "train.warmup_epochs=0",
                        "--out", str(out)])
@@ -193,7 +183,7 @@ def test_prune_kernel_sparsity_keeps_its_zeros_through_the_finetune(tmp_path, vo
     assert ks["dense_params"] - ks["paper_params"] == sum(expected[n] * kk[n] for n in ks["layers"])
     assert "overall" in metrics["ap50_channel_cut_only"] and "overall" in metrics["ap50_before_finetune"]
     # The zeros reach the deployed ONNX (made by channel surgery and verified against the pruned model).
-    rc, _, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--variant", f"ks={out / 'pruned.pt'}",
+    rc, _, err = run_cli(["export", "--checkpoint", str(tiny_checkpoint), "--variant", f"ks={out / 'pruned.pt'}",
                        "--bundle", str(tmp_path / "bundle")])
     assert rc == 0, err
     weights = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "bundle" / "ks.onnx")).graph.initializer
@@ -214,7 +204,7 @@ def test_prune_kernel_sparsity_keeps_its_zeros_through_the_finetune(tmp_path, vo
     (["--method", "layer", "--kernel-sparsity", "0.5"], "--kernel-sparsity applies to the channel methods"),
 ])
 def test_prune_impossible_targets(tmp_path, voc_sample, tiny_checkpoint, argv, needle):
-    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                        "--out", str(tmp_path / "o")] + argv)
     assert rc == 2 and needle in err
 
@@ -264,13 +254,13 @@ def test_adaptive_bn_l1_and_kernel_sparsity():
 
 def test_prune_with_the_reconstruction_criterion(tmp_path, voc_sample, tiny_checkpoint):
     out = tmp_path / "rec"
-    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                        "--target-flops", "0.5", "--calibration-images", "6", "--no-eval", "--compensate",
                        "--channel-criterion", "reconstruction", "--out", str(out)])
     assert rc == 0, err
     plan = load_plan(out / "plan.json")
     assert plan["target"] == {"kind": "flops", "reduction": 0.5, "channel_criterion": "reconstruction"}
-    rc, _, err = _run(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
+    rc, _, err = run_cli(["prune", "--checkpoint", str(tiny_checkpoint), "--data", str(voc_sample),
                        "--target-flops", "0.5", "--calibration-images", "6", "--no-eval", "--compensate",
                        "--out", str(tmp_path / "gl1")])
     assert rc == 0, err

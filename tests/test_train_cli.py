@@ -4,9 +4,7 @@ The model is made tiny (width 0.35, 96x96 input, one epoch of three batches) so 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import shutil
 
@@ -15,20 +13,13 @@ import pytest
 import torch
 import yaml
 
-from jetson_compress.cli import main
+from tests.nets import run_cli
 
 TINY = ["--epochs", "1", "--batch-size", "2", "--set", "model.width_mult=0.35", "--set", "model.input_size=96",
         "--set", "eval.batch_size=8"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _sha256(path) -> str:
@@ -38,7 +29,7 @@ def _sha256(path) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, voc_sample):
     out = tmp_path_factory.mktemp("train") / "run"
-    rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), *TINY])
+    rc, stdout, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(out), *TINY])
     assert rc == 0, stderr
     return out, stdout
 
@@ -89,7 +80,7 @@ def test_checkpoint_metadata(trained, voc_sample):
 def test_eval_command_json(trained, voc_sample, tmp_path):
     out, _ = trained
     json_path = tmp_path / "out.json"
-    rc, stdout, stderr = _run(["eval", "--checkpoint", str(out / "final.pt"), "--data", str(voc_sample),
+    rc, stdout, stderr = run_cli(["eval", "--checkpoint", str(out / "final.pt"), "--data", str(voc_sample),
                                "--json", str(json_path)])
     assert rc == 0, stderr
     result = json.loads(json_path.read_text())
@@ -113,7 +104,7 @@ def test_resume_at_the_end_does_not_retrain(trained, voc_sample, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(src, out)
     last_before = (out / "last.pt").read_bytes()
-    rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), *TINY])
+    rc, stdout, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(out), *TINY])
     assert rc == 0, stderr
     assert f"resuming from {out / 'last.pt'}" in stdout
     assert (out / "last.pt").read_bytes() == last_before  # no epoch ran, so last.pt was not rewritten
@@ -133,7 +124,7 @@ def test_half_stores_the_ap50_of_the_fp16_weights(trained, voc_sample, tmp_path)
     src, _ = trained
     out = tmp_path / "run"
     shutil.copytree(src, out)  # resumes at the end: no epoch runs, the fp16 copy is written
-    rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), *TINY, "--half"])
+    rc, stdout, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(out), *TINY, "--half"])
     assert rc == 0, stderr
     assert "AP50 of the fp16-stored weights" in stdout
     ckpt = torch.load(out / "final_fp16.pt", map_location="cpu", weights_only=False)
@@ -142,7 +133,7 @@ def test_half_stores_the_ap50_of_the_fp16_weights(trained, voc_sample, tmp_path)
     assert metrics["ap50_voc07_weights"] == "float16"
     assert metrics["ap50_voc07_float32"] == json.loads((out / "train_summary.json").read_text())["ap50"]
     json_path = tmp_path / "eval.json"
-    rc, _, stderr = _run(["eval", "--checkpoint", str(out / "final_fp16.pt"), "--data", str(voc_sample),
+    rc, _, stderr = run_cli(["eval", "--checkpoint", str(out / "final_fp16.pt"), "--data", str(voc_sample),
                           "--json", str(json_path)])
     assert rc == 0, stderr
     assert metrics["ap50_voc07"]["overall"] == json.loads(json_path.read_text())["voc07_11point"]["ap"]["person"]
@@ -151,7 +142,7 @@ def test_half_stores_the_ap50_of_the_fp16_weights(trained, voc_sample, tmp_path)
 def test_eval_corrupt_checkpoint_exit_2(tmp_path, voc_sample):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"this is not a checkpoint" * 10)
-    rc, _, stderr = _run(["eval", "--checkpoint", str(bad), "--data", str(voc_sample)])
+    rc, _, stderr = run_cli(["eval", "--checkpoint", str(bad), "--data", str(voc_sample)])
     assert rc == 2
     assert str(bad) in stderr and stderr.startswith("error: ")
     assert "Traceback" not in stderr
@@ -159,7 +150,7 @@ def test_eval_corrupt_checkpoint_exit_2(tmp_path, voc_sample):
 
 def test_train_missing_data_exit_2(tmp_path):
     missing = tmp_path / "no" / "VOCdevkit"
-    rc, _, stderr = _run(["train", "--data", str(missing), "--out", str(tmp_path / "run"), *TINY])
+    rc, _, stderr = run_cli(["train", "--data", str(missing), "--out", str(tmp_path / "run"), *TINY])
     assert rc == 2
     assert str(missing) in stderr and "does not exist" in stderr
 
@@ -167,9 +158,9 @@ def test_train_missing_data_exit_2(tmp_path):
 def test_train_bad_config_exit_2(tmp_path, voc_sample):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("trian:\n  epochs: 1\n")
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--config", str(cfg), "--out", str(tmp_path / "r")])
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--config", str(cfg), "--out", str(tmp_path / "r")])
     assert rc == 2 and str(cfg) in stderr
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--set", "nosuch.key=1", "--out", str(tmp_path / "r")])
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--set", "nosuch.key=1", "--out", str(tmp_path / "r")])
     assert rc == 2 and "nosuch" in stderr
 
 
@@ -187,7 +178,7 @@ def test_warm_start_loads_the_checkpoint_weights(trained, voc_sample, tmp_path):
     runs = {}
     for name, extra in (("warm", ["--init", str(src / "final.pt")]), ("cold", [])):
         out = tmp_path / name
-        rc, stdout, stderr = _run(["train", "--data", str(voc_sample), "--out", str(out), "--no-eval", *TINY,
+        rc, stdout, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(out), "--no-eval", *TINY,
                                    "--set", "train.lr=0.0", *extra])
         assert rc == 0, stderr
         runs[name], _ = load_model(out / "final.pt")
@@ -204,7 +195,7 @@ def test_warm_start_loads_the_checkpoint_weights(trained, voc_sample, tmp_path):
 
 def test_warm_start_refuses_a_different_model(trained, voc_sample, tmp_path):
     src, _ = trained
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), *TINY,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), *TINY,
                           "--set", "model.width_mult=0.5", "--init", str(src / "final.pt")])
     assert rc == 2
     assert str(src / "final.pt") in stderr and "width_mult 0.35 vs 0.5" in stderr
@@ -217,7 +208,7 @@ def test_warm_start_at_another_input_size(trained, voc_sample, tmp_path):
 
     src, _ = trained
     tiny = [a.replace("model.input_size=96", "model.input_size=128") for a in TINY]
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *tiny,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *tiny,
                           "--set", "train.lr=0.0", "--init", str(src / "final.pt")])
     assert rc == 0, stderr
     model, ckpt = load_model(tmp_path / "r" / "final.pt")
@@ -241,7 +232,7 @@ def test_source_balance_weights_hand_computed():
 
 
 def test_source_balanced_training_runs(voc_sample, tmp_path):
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
                           "--set", "train.source_balance=1.0"])
     assert rc == 0, stderr
     summary = json.loads((tmp_path / "r" / "train_summary.json").read_text())
@@ -275,26 +266,26 @@ def test_copy_paste_donors_by_source(voc_sample):
 
 
 def test_copy_paste_training_runs(voc_sample, tmp_path):
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
                           "--set", "train.copy_paste_prob=1.0"])
     assert rc == 0, stderr
     assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["history"][0]["loss"] > 0
     assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["copy_paste_prob"] == 1.0
     for key, value in (("copy_paste_prob", "1.5"), ("copy_paste_max", "0"), ("copy_paste_negatives", "maybe")):
-        rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / key), "--no-eval", *TINY,
+        rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / key), "--no-eval", *TINY,
                               "--set", "train.copy_paste_prob=0.5", "--set", f"train.{key}={value}"])
         assert rc != 0 and f"train.{key}" in stderr
 
 
 def test_assigner_reaches_the_loss(trained, voc_sample, tmp_path):
     """The same tiny run with SimOTA's assignment: other positives, another first-epoch loss; recorded in the config."""
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
                           "--set", "train.assigner=simota"])
     assert rc == 0, stderr
     simota = json.loads((tmp_path / "r" / "train_summary.json").read_text())["history"][0]["loss"]
     fcos = json.loads((trained[0] / "train_summary.json").read_text())["history"][0]["loss"]
     assert simota > 0 and abs(simota - fcos) > 1e-3
     assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["assigner"] == "simota"
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "bad"), "--no-eval", *TINY,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "bad"), "--no-eval", *TINY,
                           "--set", "train.assigner=atss"])
     assert rc == 2 and "train.assigner 'atss': choose from fcos, simota" in stderr
