@@ -12,7 +12,7 @@ pre-hook re-fits each consumer just before it runs, so downstream layers see the
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict
 
 import torch
 import torch.nn.functional as F

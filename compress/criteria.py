@@ -22,7 +22,6 @@ keep ratios scaled by (seconds per MAC of the group / median) ** -beta, so a FLO
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.augment import IMAGENET_MEAN, IMAGENET_STD, maybe, paste_instances, to_tensor_layout, train_sample
+from compress.augment import maybe, paste_instances, to_tensor_layout, train_sample
 from compress.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from compress.detector import Detector
 from compress.loss import ASSIGNERS, DetectionLoss
