@@ -12,8 +12,8 @@ from benchmarks.gpu_pack_voc import pack
 from benchmarks.gpu_latency import deploy_copy
 from compress.train import DeviceError, epochs_within_budget, resolve_device
 from compress.voc import VOCDataset
-from tests.nets import random_detector, tiny_config
-from tests.test_train_cli import TINY, _run
+from tests.nets import random_detector, run_cli, tiny_config
+from tests.test_train_cli import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +41,7 @@ def test_resolve_device() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_train_refuses_a_missing_device_with_exit_2(voc_sample, tmp_path) -> None:
-    rc, _, stderr = _run(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), *TINY,
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), *TINY,
                           "--set", "train.device=cuda"])
     assert rc == 2 and "train.device is 'cuda'" in stderr and "Traceback" not in stderr
 
@@ -52,14 +52,14 @@ def test_time_budget_fits_the_epochs_and_resume_keeps_them(voc_sample, tmp_path,
     monkeypatch.setattr("compress.train.time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     argv = ["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY, "--epochs", "6",
             "--set", "train.time_budget_s=22", "--set", "train.workers=1"]
-    rc, _, stderr = _run(argv)
+    rc, _, stderr = run_cli(argv)
     assert rc == 0, stderr
     summary = json.loads((tmp_path / "r" / "train_summary.json").read_text())
     # 2 epochs timed (10 s), 12 s left at 5 s each: 2 more, 4 in all.
     assert (summary["epochs"], summary["epochs_requested"], len(summary["history"])) == (4, 6, 4)
     assert summary["device"] == str(resolve_device("auto"))
     # Resuming the finished run trains nothing more: it keeps the fitted 4 epochs.
-    rc, _, stderr = _run(argv)
+    rc, _, stderr = run_cli(argv)
     assert rc == 0, stderr
     again = json.loads((tmp_path / "r" / "train_summary.json").read_text())
     assert (again["epochs"], len(again["history"]), again["train_seconds_this_run"]) == (4, 4, 0.0)
