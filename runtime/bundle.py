@@ -24,8 +24,9 @@ variant file (exists, size, sha256; with ``check_onnx`` also its opset, input an
 with `runtime.onnx_wire`'s protobuf reader, so no onnx package is needed); `load_bundle` returns the manifest or
 raises `BundleError` naming the files at fault.
 
-Device side: runs on the Jetson Nano's Python 3.6 with the stdlib only (json, hashlib, os). It must not import
-torch, onnx or numpy-heavy host code, and uses no syntax newer than 3.6 (no dataclasses, walrus, f-string "=",
+Device side: runs on the Jetson Nano's Python 3.6 with the stdlib only (json, hashlib, os, re; and
+`runtime.onnx_wire`, stdlib only itself; ``read_onnx_signature`` is re-exported from it). It must not import torch,
+onnx or numpy-heavy host code, and uses no syntax newer than 3.6 (no dataclasses, walrus, f-string "=",
 ``from __future__ import annotations``).
 """
 
