@@ -196,13 +196,34 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float, min_ratio: float) 
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float = 1.0) -> List[Dict]:
+    """AdamW groups of the trainable parameters: weights decay, biases and BN affine parameters do not.
+
+    ``backbone_lr_mult`` != 1 (discriminative fine-tuning) splits each group in two, backbone and the rest; every
+    group carries ``lr_mult``, the factor the schedule's learning rate is multiplied by. With the default 1 the two
+    groups are the same as ever, so resuming an older run's optimiser state still matches.
+    """
+    mult = float(backbone_lr_mult)
+    if not mult > 0:
+        from jetson_compress.config import ConfigError
+
+        raise ConfigError(f"train.backbone_lr_mult must be > 0 (got {backbone_lr_mult}); "
+                          "freeze blocks with train.freeze_blocks instead")
+    split = mult != 1.0
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        key = (split and name.startswith("backbone."), p.ndim <= 1)
+        groups.setdefault(key, []).append(p)
+    out = []
+    for in_backbone in ((False, True) if split else (False,)):
+        for no_decay in (False, True):
+            params = groups.get((in_backbone, no_decay), [])
+            if params or not split:
+                out.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+                            "lr_mult": mult if in_backbone else 1.0})
+    return out
 
 
 def loss_from_config(model: Detector, cfg: Dict) -> DetectionLoss:
@@ -299,7 +320,8 @@ def train(
     # NOTE: channels_last makes CPU convolutions (depthwise ones above all) markedly faster in training.
     model.to(memory_format=torch.channels_last)
     loss_fn = loss_from_config(model, cfg)
-    opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05))), lr=float(cfg.get("lr", 2e-3)))
+    opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05)),
+                                         float(cfg.get("backbone_lr_mult", 1.0))), lr=float(cfg.get("lr", 2e-3)))
     steps_per_epoch = max(len(data) // bs, 1) if len(data) > bs else 1
     total_steps = epochs * steps_per_epoch
     warmup = int(float(cfg.get("warmup_epochs", 1)) * steps_per_epoch)
@@ -360,7 +382,7 @@ def train(
             for images, targets in loader:
                 lr = lr_at(step, total_steps, warmup, float(cfg.get("lr", 2e-3)), float(cfg.get("min_lr_ratio", 0.05)))
                 for g in opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_mult", 1.0)
                 images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 if device.type != "cpu":
                     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]

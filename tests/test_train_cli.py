@@ -289,3 +289,47 @@ def test_assigner_reaches_the_loss(trained, voc_sample, tmp_path):
     rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "bad"), "--no-eval", *TINY,
                           "--set", "train.assigner=atss"])
     assert rc == 2 and "train.assigner 'atss': choose from fcos, simota" in stderr
+
+
+def test_param_groups_backbone_lr_mult():
+    """Every trainable parameter in exactly one group; with a multiplier the backbone's groups carry it, the rest 1;
+    without one, the two groups of old (decay / no decay)."""
+    from compress.detector import Detector, DetectorConfig
+    from compress.train import freeze_early_blocks, param_groups
+    from jetson_compress.config import ConfigError
+
+    model = Detector(DetectorConfig(width_mult=0.35, input_size=96))
+    freeze_early_blocks(model, 4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    plain = param_groups(model, 0.05)
+    assert [(g["weight_decay"], g["lr_mult"]) for g in plain] == [(0.05, 1.0), (0.0, 1.0)]
+    split = param_groups(model, 0.05, 0.1)
+    assert [(g["weight_decay"], g["lr_mult"]) for g in split] == [(0.05, 1.0), (0.0, 1.0), (0.05, 0.1), (0.0, 0.1)]
+    for groups in (plain, split):
+        names = [by_id[id(p)] for g in groups for p in g["params"]]
+        assert len(names) == len(set(names)) and set(names) == trainable
+    for g in split:
+        in_backbone = {by_id[id(p)].startswith("backbone.") for p in g["params"]}
+        assert in_backbone == {g["lr_mult"] == 0.1}
+        assert all((p.ndim <= 1) == (g["weight_decay"] == 0.0) for p in g["params"])
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError, match="train.backbone_lr_mult"):
+            param_groups(model, 0.05, bad)
+
+
+def test_backbone_lr_mult_reaches_the_optimiser(voc_sample, tmp_path):
+    """A run with train.backbone_lr_mult=0.25: the saved optimiser state's backbone groups stepped at a quarter of the
+    others' learning rate; recorded in the configuration."""
+    from compress.checkpoint import read_checkpoint
+
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "r"), "--no-eval", *TINY,
+                          "--set", "train.backbone_lr_mult=0.25"])
+    assert rc == 0, stderr
+    groups = read_checkpoint(tmp_path / "r" / "last.pt")["train_state"]["optimizer"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 1.0, 0.25, 0.25]
+    assert groups[0]["lr"] > 0 and groups[2]["lr"] == pytest.approx(0.25 * groups[0]["lr"], rel=1e-12)
+    assert yaml.safe_load((tmp_path / "r" / "config.resolved.yaml").read_text())["train"]["backbone_lr_mult"] == 0.25
+    rc, _, stderr = run_cli(["train", "--data", str(voc_sample), "--out", str(tmp_path / "bad"), "--no-eval", *TINY,
+                          "--set", "train.backbone_lr_mult=0"])
+    assert rc == 2 and "train.backbone_lr_mult must be > 0" in stderr
