@@ -19,7 +19,10 @@ Rows, each scored overall (every image of the split pooled in one ranking, as th
   scored above true ones); the gap above it to people without a good box at all (missed or badly placed).
 
     python benchmarks/ap_ceiling.py --data ../shared/data/pedestrians/VOCdevkit [--checkpoint A.pt B.pt] \\
-        [--split test] [--heights 16 32 64] [--out benchmarks/results/ap_ceiling]
+        [--split test] [--heights 16 32 64] [--set eval.nms_iou=0.7 ...] [--out benchmarks/results/ap_ceiling]
+
+``--set`` overrides the configuration as the CLI's does, e.g. the evaluation's NMS threshold or number of boxes per
+image: how much of the boxes' recall the post-processing keeps.
 
 Writes ``ap_ceiling.json``, ``.md`` and ``.png`` (with the environment) to ``--out``.
 """
@@ -46,6 +49,7 @@ from compress.inference import predict_dataset, prediction_settings  # noqa: E40
 from compress.voc import VOCDataset  # noqa: E402
 from compress.voc_eval import (METRIC_ALL_POINT, METRIC_VOC07, Detections, GroundTruth,  # noqa: E402
                                evaluate_all, pairwise_iou)
+from jetson_compress.config import ConfigError  # noqa: E402
 
 
 def perfect_precision_ap11(recall: float) -> float:
@@ -127,7 +131,9 @@ def markdown(report: Dict) -> str:
              "Overall: every image pooled in one ranking, as the evaluation scores it. AP50 VOC07 11-point · all-point"
              " · recall of the listed boxes; per source: 11-point AP50 · recall. `oracle >= h px`: every person of"
              " input height >= h found exactly, nothing else. `ideal ranking`: the checkpoint's own boxes with every"
-             " box that can be a true positive ranked first. See `benchmarks/ap_ceiling.py`.", "",
+             " box that can be a true positive ranked first. See `benchmarks/ap_ceiling.py`. The checkpoints'"
+             " detections: " + ", ".join(f"{k} {v}" for k, v in report["prediction"].items() if k != "batch_size") + ".",
+             "",
              "| row | overall 11-pt | all-point | recall | " + " | ".join(sources) + " |",
              "|---|---|---|---|" + "---|" * len(sources)]
     for r in rows:
@@ -177,6 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     ap.add_argument("--split", default="test")
     ap.add_argument("--heights", nargs="+", type=float, default=[16.0, 32.0, 64.0],
                     help="oracle rows: objects at least this tall in network-input pixels (0 adds the perfect one)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="configuration override, repeatable (e.g. eval.nms_iou=0.7)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ap_ceiling"))
     args = ap.parse_args(argv)
@@ -184,7 +192,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         ap.error(f"--heights must be finite and >= 0, got {args.heights}")
     checkpoints = args.checkpoint or [None]
     t0 = time.time()
-    cfg, first_path, first_model, _, data_root = load_baseline(checkpoints[0], args.data, args.threads)
+    try:
+        cfg, first_path, first_model, _, data_root = load_baseline(checkpoints[0], args.data, args.threads, args.sets)
+    except ConfigError as exc:
+        ap.error(str(exc))
+    settings = prediction_settings(cfg["eval"])
     ds = VOCDataset(data_root, args.split, classes=cfg["data"]["classes"])
     gts, classes = ds.ground_truths(), list(ds.classes)
     size = int(first_model.config.input_size)
@@ -198,13 +210,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     for i, (path, name) in enumerate(zip(paths, names)):
         model = first_model if i == 0 else load_model(path)[0]
         dets, timing = predict_dataset(model, ds, int(model.config.input_size), progress=True,
-                                       **prediction_settings(cfg["eval"]))
+                                       **settings)
         rows.append(score(name, "model", dets, gts, classes))
         rows.append(score(f"{name}, ideal ranking", "ideal", ideal_ranking(dets, gts), gts, classes))
         print(f"{name} ({timing['seconds']:.0f} s): AP50 {rows[-2]['overall']['ap50_11pt']:.4f}, ideal ranking "
               f"{rows[-1]['overall']['ap50_11pt']:.4f}, recall {rows[-1]['overall']['recall']:.4f}", flush=True)
     report = {"split": args.split, "images": len(ds), "input_size": size, "heights": sorted(args.heights),
-              "target": TARGET, "reference": REFERENCE, "rows": rows, "seconds": time.time() - t0,
+              "prediction": settings, "target": TARGET, "reference": REFERENCE, "rows": rows, "seconds": time.time() - t0,
               "environment": environment(args.threads)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -96,8 +96,19 @@ def test_main_writes_the_report(voc_sample, tmp_path) -> None:
     assert "| oracle >= 200 px | 0.545 |" in text and "| *target* | 0.750 |" in text
 
 
-def test_bad_heights_are_refused(voc_sample, tmp_path, capsys) -> None:
+def test_settings_override_the_prediction(voc_sample, tmp_path) -> None:
+    main(["--data", str(voc_sample), "--split", "test", "--heights", "0", "--threads", "1",
+          "--set", "eval.max_detections=1", "--set", "eval.nms_iou=0.7", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "ap_ceiling.json").read_text())
+    assert (saved["prediction"]["max_detections"], saved["prediction"]["nms_iou"]) == (1, 0.7)
+    assert "max_detections 1" in (tmp_path / "ap_ceiling.md").read_text()
+
+
+def test_bad_arguments_are_refused(voc_sample, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--data", str(voc_sample), "--heights", "-1", "--out", str(tmp_path)])
     assert "--heights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(voc_sample), "--set", "nosuch.key=1", "--out", str(tmp_path)])
+    assert "nosuch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
