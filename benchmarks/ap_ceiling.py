@@ -170,10 +170,10 @@ def plot(path: Path, report: Dict) -> None:
         ax.set_yticklabels(names, fontsize=8)
         ax.set_xlim(0, 1.08)
         ax.set_xlabel(f"AP50, VOC07 11-point, {report['split']} split pooled")
-        ax.set_title("How high the AP50 can go: oracles and each checkpoint's own boxes")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title("How high the AP50 can go: oracles, and each checkpoint's own boxes", fontsize=10)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
 
-    save_plot(path, draw, figsize=(8, 0.45 * len(rows) + 1.6))
+    save_plot(path, draw, figsize=(8, 0.45 * len(rows) + 2.0))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
