@@ -92,7 +92,7 @@ def _cosine(base: float, frac: float, min_ratio: float) -> float:
 def _optimizer(model: nn.Module, cfg: Dict[str, Any], extra: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
     from compress.train import param_groups
 
-    groups = param_groups(model, float(cfg.get("weight_decay", 0.05)))
+    groups = param_groups(model, float(cfg.get("weight_decay", 0.05)), float(cfg.get("backbone_lr_mult", 1.0)))
     if extra:
         groups.append({"params": list(extra), "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=float(cfg.get("lr", 2e-3)))
@@ -426,7 +426,7 @@ def finetune(
         for o in (opt, opt2):
             if o is not None:
                 for g in o.param_groups:
-                    g["lr"] = lr * (float(opt_cfg.get("lr2_ratio", 1.0)) if o is opt2 else 1.0)
+                    g["lr"] = lr * g.get("lr_mult", 1.0) * (float(opt_cfg.get("lr2_ratio", 1.0)) if o is opt2 else 1.0)
         images, targets = next(stream)
         rec: Dict[str, float] = {}
         if method in ("plain", "graft"):

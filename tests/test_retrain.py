@@ -164,6 +164,23 @@ def test_each_method_runs_and_changes_weights(method, train_set):
         assert len(res["info"]["alphas"]) == 2 and all(0.0 <= a <= 1.0 for a in res["info"]["alphas"])
 
 
+def test_backbone_lr_mult_scales_the_backbone_step(train_set):
+    """The fine-tune honours train.backbone_lr_mult as training does: Adam's first step moves each weight by the
+    group's learning rate (g / |g|), so with weight decay off the unfrozen backbone moves by 0.1 x lr at most and
+    the neck and heads by lr."""
+    model = _model(3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = dict(CFG, lr=1e-3, weight_decay=0.0, backbone_lr_mult=0.1)
+    finetune(model, train_set, cfg, "plain", steps=1, log=lambda s: None)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    backbone = [v for n, v in moved.items() if n.startswith("backbone.") and v > 0]
+    rest = [v for n, v in moved.items() if not n.startswith("backbone.")]
+    assert backbone and max(backbone) == pytest.approx(1e-4, rel=1e-3)
+    assert max(rest) == pytest.approx(1e-3, rel=1e-3)
+    frozen = [n for n in moved if n.startswith(("backbone.features.0.", "backbone.features.1."))]
+    assert frozen and all(moved[n] == 0.0 for n in frozen)
+
+
 def test_adversarial_selects_a_candidate(train_set):
     teacher = _model(8)
     student = copy.deepcopy(teacher)
