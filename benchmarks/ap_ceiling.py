@@ -162,7 +162,8 @@ def plot(path: Path, report: Dict) -> None:
         colours = {"oracle": "#9e9e9e", "model": "#1f77b4", "ideal": "#aec7e8"}
         ax.barh(range(len(rows)), values, color=[colours[r["kind"]] for r in rows][::-1])
         for y, v in enumerate(values):
-            ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
+            ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8,
+                    bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
         ax.axvline(TARGET, color="#d62728", linestyle="--", label=f"target {TARGET:.2f}")
         ax.axvline(REFERENCE["overall"], color="#2ca02c", linestyle=":",
                    label=f"SSDLite (COCO) {REFERENCE['overall']:.3f}")
