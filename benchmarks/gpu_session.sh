@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One session on the GPU machine lent through this workplace's device tool (H200, PyTorch with CUDA, no internet,
-# 64 MiB carried): the exact commands behind benchmarks/results/gpu_session/. Run from the repository root there, with
+# The sessions on the GPU machine lent through this workplace's device tool (H200, PyTorch with CUDA, no internet,
+# 64 MiB carried): the exact commands behind benchmarks/results/gpu_session/ (`latency`, `train`; 2026-11-30) and
+# benchmarks/results/gpu_input_size/ (`input_size`; 2026-12-04). Run from the repository root there, with
 #   .devdata/VOCdevkit  made here by: python benchmarks/gpu_pack_voc.py ../shared/data/pedestrians/VOCdevkit \
 #                                      .devdata/VOCdevkit --max-side 416 --quality 75
 #   .devdata/weights/   a copy of ../shared/data/weights/mobilenet_v2-b0353104.pth
@@ -9,18 +10,64 @@
 #   bash benchmarks/gpu_session.sh latency   FP16 latency, alone on the GPU
 #   bash benchmarks/gpu_session.sh train     three jobs at once (one alone leaves the GPU mostly idle;
 #                                                   16 CPU cores feed them)
+#   bash benchmarks/gpu_session.sh input_size  the best recipe trained at 320, 416 and 512 px at once; the data for it
+#       (trainval only; COCO's images kept near full size, where the small people are):
+#       python benchmarks/gpu_pack_voc.py ../shared/data/pedestrians/VOCdevkit .devdata/VOCdevkit --splits trainval \
+#           --max-side 416 --quality 60 --source coco_=640:75        # 25.4 MiB; no .whl/ needed
+#   EPOCHS (default 40, the recipe's), BUDGET (train.time_budget_s, default 420: fewer epochs only if 40 would not
+#   fit), JOB_TIMEOUT (default 500 s) and DATA override the input_size job, e.g. for a dry run here.
 set -u
 W=/tmp/w
 mkdir -p "$W" "$OUT"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PYTHONPATH="/tmp/site:$PWD"
 export JETSON_COMPRESS_WEIGHTS=$PWD/.devdata/weights/mobilenet_v2-b0353104.pth
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-DATA=.devdata/VOCdevkit
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+fi
+DATA=${DATA:-.devdata/VOCdevkit}
 CLI="python3 -m jetson_compress.cli"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c 'import os; print(os.cpu_count(), len(os.sched_getaffinity(0)))'; python3 -c \
-  "import torch, cv2, onnxruntime, torch_pruning; print(torch.__version__, torch.version.cuda, cv2.__version__, onnxruntime.__version__, torch_pruning.__version__)"; } \
+  "import torch, cv2, onnxruntime as ort; print(torch.__version__, torch.version.cuda, cv2.__version__, ort.__version__)"; } \
   > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
+
+# The EMA weights of a run's last.pt as an fp16 checkpoint: what comes back when a run was stopped before final_fp16.pt.
+ema_of_last() {
+  python3 -c "
+import torch, sys
+ck = torch.load(sys.argv[1], map_location='cpu', weights_only=False); ts = ck['train_state']
+ck['state_dict'] = {k: v.half() if v.is_floating_point() else v for k, v in ts['ema'].items()}
+ck['train_state'] = {'epoch': ts['epoch'], 'epochs': ts['epochs'], 'history': ts['history']}
+torch.save(ck, sys.argv[2])" "$1" "$2"
+}
+
+if [ "${1:-}" = input_size ]; then
+  # Issue #2, "does the input size limit it?": the best 320-px recipe so far (backbone unfrozen at a tenth of the
+  # learning rate, copy-paste at P = 0.5; seed 0) trained from the ImageNet backbone at 320, 416 and 512 px side by
+  # side, same data, same epochs (unless the time budget fits fewer: the log says so); evaluated afterwards on the
+  # original test images at each run's own size, hence --no-eval. 16 CPU cores feed the three (each run's Python side,
+  # not the GPU, is its limit).
+  E=${EPOCHS:-40}
+  W320=4; W416=5; W512=6
+  for S in 320 416 512; do
+    eval "NW=\$W$S"
+    timeout "${JOB_TIMEOUT:-500}" $CLI train --data "$DATA" --out "$W/in$S" --half --no-resume --no-eval --epochs "$E" \
+      --set model.input_size=$S --set train.backbone_lr_mult=0.1 --set train.copy_paste_prob=0.5 \
+      --set train.workers=$NW --set train.threads=2 --set train.time_budget_s=${BUDGET:-420} > "$W/in$S.log" 2>&1 &
+  done
+  wait
+  cd "$W"
+  for S in 320 416 512; do
+    d=in$S
+    tr '\r' '\n' < $d.log | grep -v "it/s" > $d.txt
+    f=$d/final_fp16.pt
+    if [ ! -f $f ] && [ -f $d/last.pt ]; then f=$d/last_ema_fp16.pt; ema_of_last $d/last.pt $f; fi
+    tar czf "$OUT/$d.tgz" $d.txt $f $d/train_summary.json $d/*.yaml 2>/dev/null
+    echo "== $d"; tail -4 $d.txt
+  done
+  ls -la "$OUT"
+  exit 0
+fi
 
 if [ "${1:-}" = latency ]; then
   # FP16 latency of the baseline against ours and Torch-Pruning at -50% and -70% FLOPs.
@@ -48,15 +95,7 @@ cd "$W"
 # final_fp16.pt, its last EMA weights come back instead (fp16, the train history kept).
 for f in *.log; do tr '\r' '\n' < "$f" | grep -v "it/s" > "${f%.log}.txt"; done
 d=base_unfrozen_long; f=$d/final_fp16.pt
-if [ ! -f $f ]; then
-  f=$d/last_ema_fp16.pt
-  python3 -c "
-import torch, sys
-ck = torch.load(sys.argv[1], map_location='cpu', weights_only=False); ts = ck['train_state']
-ck['state_dict'] = {k: v.half() if v.is_floating_point() else v for k, v in ts['ema'].items()}
-ck['train_state'] = {'epoch': ts['epoch'], 'epochs': ts['epochs'], 'history': ts['history']}
-torch.save(ck, sys.argv[2])" $d/last.pt $f
-fi
+if [ ! -f $f ]; then f=$d/last_ema_fp16.pt; ema_of_last $d/last.pt $f; fi
 tar czf "$OUT/$d.tgz" $d.txt $f $d/train_summary.json $d/*.yaml 2>/dev/null
 for T in 0.5 0.7; do
   tar czf "$OUT/pc_$T.tgz" pc_$T.txt pc_$T/prune_compare.* pc_$T/runs/*/final.pt pc_$T/runs/*/train_summary.json 2>/dev/null

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from benchmarks.gpu_pack_voc import pack
+from benchmarks.gpu_pack_voc import main as pack_main, pack
 from benchmarks.gpu_latency import deploy_copy
 from compress.train import DeviceError, epochs_within_budget, resolve_device
 from compress.voc import VOCDataset
@@ -77,6 +77,37 @@ def test_packed_copy_scales_images_and_boxes(voc_sample, tmp_path) -> None:
             sx, sy = b.width / a.width, b.height / a.height
             assert b.boxes == pytest.approx(a.boxes * [sx, sy, sx, sy], abs=0.01)
             assert (b.labels == a.labels).all() and (b.difficult == a.difficult).all()
+
+
+def test_packed_copy_keeps_only_the_splits_and_packs_a_source_on_its_own(voc_sample, tmp_path) -> None:
+    year = voc_sample / "VOC2007"
+    train_ids = [line.split()[0] for line in (year / "ImageSets/Main/trainval.txt").read_text().splitlines()]
+    first = train_ids[0]
+    stats = pack(voc_sample, tmp_path / "VOCdevkit", max_side=200, quality=90, splits=["trainval"],
+                 sources=[(first, 10_000, 90)])
+    out = tmp_path / "VOCdevkit" / "VOC2007"
+    assert stats["images"] == len(train_ids) == len(list((out / "JPEGImages").glob("*.jpg")))
+    assert stats["downscaled"] == len(train_ids) - 1
+    orig = VOCDataset(voc_sample, "trainval", ["person", "dog", "car"])
+    small = VOCDataset(tmp_path / "VOCdevkit", "trainval", ["person", "dog", "car"])
+    for a, b in zip(orig.annotations, small.annotations):
+        if a.image_id == first:  # its own setting: 10,000 px never downscales
+            assert (b.width, b.height) == (a.width, a.height)
+            assert b.boxes == pytest.approx(a.boxes, abs=0.01)
+        else:
+            assert max(b.width, b.height) == 200
+    # The test list is copied (split hashes stay equal) but its images are not.
+    assert (out / "ImageSets/Main/test.txt").read_bytes() == (year / "ImageSets/Main/test.txt").read_bytes()
+
+
+def test_pack_cli_names_a_missing_split_and_a_bad_source(voc_sample, tmp_path, capsys) -> None:
+    assert pack_main([str(voc_sample), str(tmp_path / "o"), "--splits", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch.txt" in err and "not found" in err
+    with pytest.raises(SystemExit) as exc:
+        pack_main([str(voc_sample), str(tmp_path / "o"), "--source", "coco_=640"])
+    assert exc.value.code == 2
+    assert "PREFIX=MAX_SIDE:QUALITY" in capsys.readouterr().err
 
 
 def test_deploy_copy_matches_the_export_forward() -> None:
