@@ -127,7 +127,10 @@ def _fmt(x: Optional[float]) -> str:
 def markdown(report: Dict) -> str:
     rows, env = report["rows"], report["environment"]
     sources = sorted({s for r in rows for s in r["per_source"]})
+    mixed = any(r.get("input_size", report["input_size"]) != report["input_size"] for r in rows)
     lines = [f"# AP50 ceilings on `{report['split']}` ({report['images']} images, input {report['input_size']})", "",
+             ("Heights at the first checkpoint's input size; a checkpoint of another input size runs at its own and is"
+              " labelled `@ N px`. " if mixed else "") +
              "Overall: every image pooled in one ranking, as the evaluation scores it. AP50 VOC07 11-point · all-point"
              " · recall of the listed boxes; per source: 11-point AP50 · recall. `oracle >= h px`: every person of"
              " input height >= h found exactly, nothing else. `ideal ranking`: the checkpoint's own boxes with every"
@@ -210,10 +213,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         names = [str(p) for p in paths]
     for i, (path, name) in enumerate(zip(paths, names)):
         model = first_model if i == 0 else load_model(path)[0]
-        dets, timing = predict_dataset(model, ds, int(model.config.input_size), progress=True,
-                                       **settings)
-        rows.append(score(name, "model", dets, gts, classes))
-        rows.append(score(f"{name}, ideal ranking", "ideal", ideal_ranking(dets, gts), gts, classes))
+        msize = int(model.config.input_size)
+        dets, timing = predict_dataset(model, ds, msize, progress=True, **settings)
+        name = name if msize == size else f"{name} @ {msize} px"
+        rows.append({**score(name, "model", dets, gts, classes), "input_size": msize})
+        rows.append({**score(f"{name}, ideal ranking", "ideal", ideal_ranking(dets, gts), gts, classes),
+                     "input_size": msize})
         print(f"{name} ({timing['seconds']:.0f} s): AP50 {rows[-2]['overall']['ap50_11pt']:.4f}, ideal ranking "
               f"{rows[-1]['overall']['ap50_11pt']:.4f}, recall {rows[-1]['overall']['recall']:.4f}", flush=True)
     report = {"split": args.split, "images": len(ds), "input_size": size, "heights": sorted(args.heights),

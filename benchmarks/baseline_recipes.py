@@ -35,17 +35,19 @@ REFERENCE = {"overall": 0.641, "coco": 0.420, "mot15": 0.798, "pennfudan": 0.961
 
 
 def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
-    """One entry per distinct checkpoint: ``name``, ``aliases``, ``report`` (the first file naming it) and ``ap50``
-    per source. Raises ValueError naming the files when one name carries two different sets of figures."""
+    """One entry per distinct checkpoint: ``name``, ``aliases``, ``report`` (the first file naming it), ``input_size``
+    (the size it was evaluated at, None where the report does not say) and ``ap50`` per source. Raises ValueError
+    naming the files when one name carries two different sets of figures."""
     entries: List[Dict] = []
     by_name: Dict[str, Dict] = {}
     for path in paths:
         try:
-            found = [(res["checkpoint"], {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"})
+            found = [(res["checkpoint"], {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"},
+                      res.get("input_size"))
                      for res in json.loads(Path(path).read_text())["results"] if res.get("split") == split]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not an accuracy_by_size report ({type(exc).__name__}: {exc})") from exc
-        for name, rows in found:
+        for name, rows, size in found:
             ap = {s: rows.get("all" if s == "overall" else s) for s in SOURCES}
             # compared to 6 digits: the same weights evaluated with other thread counts may differ in the last bits
             ap = {s: None if v is None else round(float(v), 6) for s, v in ap.items()}
@@ -58,7 +60,7 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
             if same is not None:  # equal on every source to 6 digits: the same weights under another name
                 same["aliases"].append(name)
             else:
-                same = {"name": name, "aliases": [], "report": str(path), "ap50": ap}
+                same = {"name": name, "aliases": [], "report": str(path), "input_size": size, "ap50": ap}
                 entries.append(same)
             by_name[name] = same
     if not entries:
@@ -73,20 +75,25 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
 def markdown(entries: List[Dict]) -> str:
     lines = ["# Baseline recipes tried for issue #2", "",
              f"AP50 (VOC07 11-point) on the test split, every object; target overall ≥ {TARGET}. Sorted by overall. "
-             "Each checkpoint's recipe and command are in the README beside its report.", "",
-             "| checkpoint | " + " | ".join(SOURCES) + " | report |", "|---|" + "---|" * (len(SOURCES) + 1),
-             "| *SSDLite-MobileNetV2, COCO-trained, 300×300 (reference quoted in issue #2)* | "
+             "Each checkpoint's recipe and command are in the README beside its report. `input`: the letterbox size "
+             "evaluated at (the issue's figure is at 320).", "",
+             "| checkpoint | input | " + " | ".join(SOURCES) + " | report |", "|---|" + "---|" * (len(SOURCES) + 2),
+             "| *SSDLite-MobileNetV2, COCO-trained, 300×300 (reference quoted in issue #2)* | 300 | "
              + " | ".join(f"{REFERENCE[s]:.3f}" for s in SOURCES) + " | |"]
     for e in entries:
         name = f"`{e['name']}`" + (" (also " + ", ".join(f"`{a}`" for a in e["aliases"]) + ")" if e["aliases"] else "")
-        lines.append(f"| {name} | " + " | ".join(_fmt(e["ap50"][s]) for s in SOURCES) + f" | `{e['report']}` |")
+        size = e.get("input_size")
+        lines.append(f"| {name} | {'–' if size is None else size} | " + " | ".join(_fmt(e["ap50"][s]) for s in SOURCES)
+                     + f" | `{e['report']}` |")
     return "\n".join(lines) + "\n"
 
 
 def plot(path: Path, entries: List[Dict]) -> bool:
     """A row per checkpoint (best overall on top), a marker per source; the reference as hollow markers on its own
     row, the target as a dashed line."""
-    rows = [("SSDLite reference (COCO-trained)", REFERENCE)] + [(e["name"], e["ap50"]) for e in entries]
+    rows = [("SSDLite reference (COCO-trained)", REFERENCE)] + [
+        (e["name"] + (f" @ {e['input_size']} px" if e.get("input_size") not in (None, 320) else ""), e["ap50"])
+        for e in entries]
 
     def draw(ax):
         for k, source in enumerate(SOURCES):

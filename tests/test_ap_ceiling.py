@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.accuracy_by_size import input_heights
 from benchmarks.ap_ceiling import ideal_ranking, main, oracle, perfect_precision_ap11, score
+from compress.checkpoint import default_checkpoint
 from compress.voc import VOCDataset
 from compress.voc_eval import Detections, evaluate_detections
 
@@ -94,6 +95,21 @@ def test_main_writes_the_report(voc_sample, tmp_path) -> None:
     assert ideal["ap50_11pt"] == pytest.approx(perfect_precision_ap11(ideal["recall"]), abs=TOL)
     text = (tmp_path / "ap_ceiling.md").read_text()
     assert "| oracle >= 200 px | 0.545 |" in text and "| *target* | 0.750 |" in text
+
+
+def test_a_checkpoint_of_another_input_size_runs_at_its_own(voc_sample, tmp_path) -> None:
+    from compress.checkpoint import save_checkpoint
+    from tests.nets import random_detector, tiny_config
+
+    save_checkpoint(tmp_path / "small.pt", random_detector(tiny_config(128))[0], ["person"])
+    report = main(["--data", str(voc_sample), "--split", "test", "--heights", "0", "--threads", "1",
+                   "--checkpoint", str(default_checkpoint()), str(tmp_path / "small.pt"), "--out", str(tmp_path)])
+    rows = {r["name"]: r for r in report["rows"]}
+    assert report["input_size"] == 320
+    assert rows["small.pt @ 128 px"]["input_size"] == rows["small.pt @ 128 px, ideal ranking"]["input_size"] == 128
+    assert rows["baseline_person_320.pt"]["input_size"] == 320
+    text = (tmp_path / "ap_ceiling.md").read_text()
+    assert "labelled `@ N px`" in text and "| small.pt @ 128 px |" in text
 
 
 def test_settings_override_the_prediction(voc_sample, tmp_path) -> None:

@@ -8,10 +8,10 @@ from benchmarks.baseline_recipes import collect, main
 
 
 def _report(path, results):
-    def res(name, split, overall, coco):
+    def res(name, split, overall, coco, size=None):
         rows = [{"source": "all", "range": "all", "ap50": overall}, {"source": "all", "range": ">=16", "ap50": 0.9},
                 {"source": "coco", "range": "all", "ap50": coco}]
-        return {"checkpoint": name, "split": split, "rows": rows}
+        return {"checkpoint": name, "split": split, "rows": rows, **({} if size is None else {"input_size": size})}
 
     path.write_text(json.dumps({"results": [res(*r) for r in results]}))
     return path
@@ -40,11 +40,14 @@ def test_one_name_with_two_sets_of_figures_is_refused(tmp_path) -> None:
 
 
 def test_main_writes_table_and_plot(tmp_path, capsys) -> None:
-    a = _report(tmp_path / "a.json", [("ship.pt", "test", 0.6037, 0.2555), ("wide.pt", "test", 0.6150, 0.3000)])
+    a = _report(tmp_path / "a.json", [("ship.pt", "test", 0.6037, 0.2555, 320), ("wide.pt", "test", 0.6150, 0.3000),
+                                      ("big.pt", "test", 0.6394, 0.3087, 416)])
     report = main([str(a), "--out", str(tmp_path / "out")])
-    assert [e["name"] for e in report["checkpoints"]] == ["wide.pt", "ship.pt"]
+    assert [e["name"] for e in report["checkpoints"]] == ["big.pt", "wide.pt", "ship.pt"]
+    assert [e["input_size"] for e in report["checkpoints"]] == [416, None, 320]
     md = (tmp_path / "out" / "baseline_recipes.md").read_text()
-    assert "| `wide.pt` | 0.6150 | 0.3000 | – | – |" in md and "0.641 | 0.420 | 0.798 | 0.961" in md
+    assert "| `big.pt` | 416 | 0.6394 | 0.3087 | – | – |" in md and "| `wide.pt` | – | 0.6150 | 0.3000 | – | – |" in md
+    assert "| 300 | 0.641 | 0.420 | 0.798 | 0.961 |" in md
     if importlib.util.find_spec("matplotlib"):  # without it the table is still written, the plot left out
         assert (tmp_path / "out" / "baseline_recipes.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
