@@ -15,7 +15,8 @@
 #       python benchmarks/gpu_pack_voc.py ../shared/data/pedestrians/VOCdevkit .devdata/VOCdevkit --splits trainval \
 #           --max-side 416 --quality 60 --source coco_=640:75        # 25.4 MiB; no .whl/ needed
 #   EPOCHS (default 40, the recipe's), BUDGET (train.time_budget_s, default 420: fewer epochs only if 40 would not
-#   fit), JOB_TIMEOUT (default 500 s) and DATA override the input_size job, e.g. for a dry run here.
+#   fit), JOB_TIMEOUT (default 500 s), SIZES (default "320 416 512"), SEED (default 0), W320 / W416 / W512 (workers)
+#   and DATA override the input_size job, e.g. for a dry run here.
 set -u
 W=/tmp/w
 mkdir -p "$W" "$OUT"
@@ -48,17 +49,19 @@ if [ "${1:-}" = input_size ]; then
   # original test images at each run's own size, hence --no-eval. 16 CPU cores feed the three (each run's Python side,
   # not the GPU, is its limit).
   E=${EPOCHS:-40}
-  W320=4; W416=5; W512=6
-  for S in 320 416 512; do
-    eval "NW=\$W$S"
-    timeout "${JOB_TIMEOUT:-500}" $CLI train --data "$DATA" --out "$W/in$S" --half --no-resume --no-eval --epochs "$E" \
-      --set model.input_size=$S --set train.backbone_lr_mult=0.1 --set train.copy_paste_prob=0.5 \
-      --set train.workers=$NW --set train.threads=2 --set train.time_budget_s=${BUDGET:-420} > "$W/in$S.log" 2>&1 &
+  W320=${W320:-4}; W416=${W416:-5}; W512=${W512:-6}   # data-loading workers per run
+  SIZES=${SIZES:-320 416 512}; SEED=${SEED:-0}; T=""; [ "$SEED" = 0 ] || T=_s$SEED
+  for S in $SIZES; do
+    eval "NW=\${W$S:-5}"
+    timeout "${JOB_TIMEOUT:-500}" $CLI train --data "$DATA" --out "$W/in$S$T" --half --no-resume --no-eval \
+      --epochs "$E" --set model.input_size=$S --set train.backbone_lr_mult=0.1 --set train.copy_paste_prob=0.5 \
+      --set train.seed=$SEED --set train.workers=$NW --set train.threads=2 --set train.time_budget_s=${BUDGET:-420} \
+      > "$W/in$S$T.log" 2>&1 &
   done
   wait
   cd "$W"
-  for S in 320 416 512; do
-    d=in$S
+  for S in $SIZES; do
+    d=in$S$T
     tr '\r' '\n' < $d.log | grep -v "it/s" > $d.txt
     f=$d/final_fp16.pt
     if [ ! -f $f ] && [ -f $d/last.pt ]; then f=$d/last_ema_fp16.pt; ema_of_last $d/last.pt $f; fi
