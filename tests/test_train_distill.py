@@ -35,9 +35,11 @@ def test_distillation_weight_and_teacher_left_intact(train_set, tmp_path) -> Non
     zero, s_zero = _finetune(train_set, tmp_path / "zero", teacher, weight=0.0)
     kd, s_kd = _finetune(train_set, tmp_path / "kd", teacher, weight=1.0)
 
-    # Weight 0: the teacher's forward passes change nothing (same data order, same updates, bit for bit).
+    # Weight 0: the teacher's forward passes change nothing (same data order, same updates) but rounding: the
+    # zero-weighted term still takes part in the backward pass, which on some hosts reorders a floating-point sum
+    # (seen: 1.2e-10 in one bias after an epoch; bit for bit on another). Weight 1 moves the weights by > 1e-4.
     for k in plain:
-        assert torch.equal(plain[k], zero[k]), k
+        torch.testing.assert_close(plain[k], zero[k], rtol=0, atol=1e-8, msg=k)
     assert s_zero["history"][0]["kd"] > 0  # the term is computed and logged even when it is not used
     # Weight 1: a different student.
     diff = max(float((plain[k].float() - kd[k].float()).abs().max()) for k in plain if plain[k].is_floating_point())
