@@ -8,9 +8,10 @@ import pytest
 
 from benchmarks.accuracy_by_size import input_heights
 from benchmarks.ap_ceiling import ideal_ranking, main, oracle, perfect_precision_ap11, score
-from compress.checkpoint import default_checkpoint
+from compress.checkpoint import default_checkpoint, save_checkpoint
 from compress.voc import VOCDataset
 from compress.voc_eval import Detections, evaluate_detections
+from tests.nets import random_detector, tiny_config
 
 TOL = 1e-9
 
@@ -98,9 +99,6 @@ def test_main_writes_the_report(voc_sample, tmp_path) -> None:
 
 
 def test_a_checkpoint_of_another_input_size_runs_at_its_own(voc_sample, tmp_path) -> None:
-    from compress.checkpoint import save_checkpoint
-    from tests.nets import random_detector, tiny_config
-
     save_checkpoint(tmp_path / "small.pt", random_detector(tiny_config(128))[0], ["person"])
     report = main(["--data", str(voc_sample), "--split", "test", "--heights", "0", "--threads", "1",
                    "--checkpoint", str(default_checkpoint()), str(tmp_path / "small.pt"), "--out", str(tmp_path)])
