@@ -7,10 +7,14 @@ nothing itself: the figures are those of the reports, which carry their own comm
 reported under several names (the shipped baseline is in most reports) is listed once, with its other names; two
 reports that give one name different figures are refused.
 
-    python benchmarks/baseline_recipes.py benchmarks/results/accuracy_by_size.json \\
-        benchmarks/results/baseline_{freeze,schedule}/accuracy_by_size.json \\
-        benchmarks/results/baseline_architecture/{input_size,wide_neck,assigner}/accuracy_by_size.json \\
-        benchmarks/results/baseline_copy_paste/accuracy_by_size.json --out benchmarks/results/baseline_recipes
+    R=benchmarks/results
+    python benchmarks/baseline_recipes.py $R/accuracy_by_size.json $R/baseline_{freeze,schedule}/accuracy_by_size.json \\
+        $R/baseline_architecture/{input_size,wide_neck,wide_neck/seed1,assigner}/accuracy_by_size.json \\
+        $R/baseline_copy_paste/{,p10/,p025/,p05_seed2/,wide160_p05/}accuracy_by_size.json \\
+        $R/baseline_freeze/{bbmult01,bbmult01_cp05,bbmult01_cp05_seed1}/accuracy_by_size.json \\
+        $R/gpu_input_size/in{320,416,512}/accuracy_by_size.json --out $R/baseline_recipes
+
+(the committed table; the data-scaling runs, trained on fewer images, and the test-time-size report are left out).
 
 Writes ``baseline_recipes.json``, ``.md`` and ``.png`` to ``--out``.
 """
@@ -40,6 +44,7 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
     naming the files when one name carries two different sets of figures."""
     entries: List[Dict] = []
     by_name: Dict[str, Dict] = {}
+    keys: Dict[int, Dict] = {}  # id(entry) -> its figures rounded to 6 digits
     for path in paths:
         try:
             found = [(res["checkpoint"], {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"},
@@ -48,20 +53,23 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not an accuracy_by_size report ({type(exc).__name__}: {exc})") from exc
         for name, rows, size in found:
-            ap = {s: rows.get("all" if s == "overall" else s) for s in SOURCES}
+            ap = {s: None if rows.get(k) is None else float(rows[k])
+                  for s, k in ((s, "all" if s == "overall" else s) for s in SOURCES)}
             # compared to 6 digits: the same weights evaluated with other thread counts may differ in the last bits
-            ap = {s: None if v is None else round(float(v), 6) for s, v in ap.items()}
+            # (the figures kept are the first report's, unrounded, so the table rounds once)
+            key = {s: None if v is None else round(v, 6) for s, v in ap.items()}
             if name in by_name:
-                if by_name[name]["ap50"] != ap:
+                if keys[id(by_name[name])] != key:
                     raise ValueError(f"{path}: checkpoint {name!r} has other figures than in "
                                      f"{by_name[name]['report']}")
                 continue
-            same = next((e for e in entries if e["ap50"] == ap), None)
+            same = next((e for e in entries if keys[id(e)] == key), None)
             if same is not None:  # equal on every source to 6 digits: the same weights under another name
                 same["aliases"].append(name)
             else:
                 same = {"name": name, "aliases": [], "report": str(path), "input_size": size, "ap50": ap}
                 entries.append(same)
+                keys[id(same)] = key
             by_name[name] = same
     if not entries:
         raise ValueError(f"no checkpoint evaluated on the {split!r} split in {', '.join(map(str, paths))}")

@@ -27,7 +27,8 @@ def test_collect_merges_aliases_and_sorts(tmp_path) -> None:
     assert [e["name"] for e in entries] == ["b.pt", "ship.pt", "c.pt"]
     ship = entries[1]
     assert ship["aliases"] == ["shipped_frozen4.pt"] and ship["report"] == str(a)
-    assert ship["ap50"] == {"overall": 0.603664, "coco": 0.25, "mot15": None, "pennfudan": None}
+    # the first report's figures, unrounded (rounded once, in the table)
+    assert ship["ap50"] == {"overall": 0.6036636942955753, "coco": 0.25, "mot15": None, "pennfudan": None}
     assert entries[2]["ap50"]["coco"] is None
     assert [e["name"] for e in collect([a], split="trainval")] == ["ship.pt"]
 
@@ -48,6 +49,10 @@ def test_main_writes_table_and_plot(tmp_path, capsys) -> None:
     md = (tmp_path / "out" / "baseline_recipes.md").read_text()
     assert "| `big.pt` | 416 | 0.6394 | 0.3087 | – | – |" in md and "| `wide.pt` | – | 0.6150 | 0.3000 | – | – |" in md
     assert "| 300 | 0.641 | 0.420 | 0.798 | 0.961 |" in md
+    # rounded once: 0.31555037 is 0.3156 (rounding to 6 digits first would give 0.31555 and then 0.3155)
+    b = _report(tmp_path / "b.json", [("cp.pt", "test", 0.6250448513277576, 0.3155503722915754)])
+    main([str(b), "--out", str(tmp_path / "out2")])
+    assert "| `cp.pt` | – | 0.6250 | 0.3156 | – | – |" in (tmp_path / "out2" / "baseline_recipes.md").read_text()
     if importlib.util.find_spec("matplotlib"):  # without it the table is still written, the plot left out
         assert (tmp_path / "out" / "baseline_recipes.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
