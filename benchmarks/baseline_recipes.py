@@ -38,13 +38,18 @@ TARGET = 0.75  # issue #2's acceptance bound (overall)
 REFERENCE = {"overall": 0.641, "coco": 0.420, "mot15": 0.798, "pennfudan": 0.961}
 
 
+def _rounded(ap: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
+    """Figures compared to 6 digits: the same weights evaluated with other thread counts may differ in the last bits.
+    (The figures kept are the first report's, unrounded, so the table rounds once.)"""
+    return {s: None if v is None else round(v, 6) for s, v in ap.items()}
+
+
 def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
     """One entry per distinct checkpoint: ``name``, ``aliases``, ``report`` (the first file naming it), ``input_size``
     (the size it was evaluated at, None where the report does not say) and ``ap50`` per source. Raises ValueError
     naming the files when one name carries two different sets of figures."""
     entries: List[Dict] = []
     by_name: Dict[str, Dict] = {}
-    keys: Dict[int, Dict] = {}  # id(entry) -> its figures rounded to 6 digits
     for path in paths:
         try:
             found = [(res["checkpoint"], {r["source"]: r["ap50"] for r in res["rows"] if r["range"] == "all"},
@@ -55,21 +60,18 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
         for name, rows, size in found:
             ap = {s: None if rows.get(k) is None else float(rows[k])
                   for s, k in ((s, "all" if s == "overall" else s) for s in SOURCES)}
-            # compared to 6 digits: the same weights evaluated with other thread counts may differ in the last bits
-            # (the figures kept are the first report's, unrounded, so the table rounds once)
-            key = {s: None if v is None else round(v, 6) for s, v in ap.items()}
+            key = _rounded(ap)
             if name in by_name:
-                if keys[id(by_name[name])] != key:
+                if _rounded(by_name[name]["ap50"]) != key:
                     raise ValueError(f"{path}: checkpoint {name!r} has other figures than in "
                                      f"{by_name[name]['report']}")
                 continue
-            same = next((e for e in entries if keys[id(e)] == key), None)
+            same = next((e for e in entries if _rounded(e["ap50"]) == key), None)
             if same is not None:  # equal on every source to 6 digits: the same weights under another name
                 same["aliases"].append(name)
             else:
                 same = {"name": name, "aliases": [], "report": str(path), "input_size": size, "ap50": ap}
                 entries.append(same)
-                keys[id(same)] = key
             by_name[name] = same
     if not entries:
         raise ValueError(f"no checkpoint evaluated on the {split!r} split in {', '.join(map(str, paths))}")

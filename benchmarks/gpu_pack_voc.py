@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from compress.checkpoint import atomic_write_bytes  # noqa: E402
-from compress.voc import DataError  # noqa: E402
+from compress.voc import DataError, read_split  # noqa: E402
 
 
 def scale_annotation(xml_path: Path, sx: float, sy: float, width: int, height: int) -> bytes:
@@ -63,16 +63,6 @@ def parse_source(text: str) -> Tuple[str, int, int]:
     return prefix, side, quality
 
 
-def split_ids(year: Path, splits: Sequence[str]) -> set:
-    ids = set()
-    for name in splits:
-        path = year / "ImageSets" / "Main" / f"{name}.txt"
-        if not path.is_file():
-            raise DataError(path, f"split list {name!r} not found")
-        ids.update(line.split()[0] for line in path.read_text().splitlines() if line.strip())
-    return ids
-
-
 def pack(src: Path, dst: Path, max_side: int, quality: int, splits: Optional[Sequence[str]] = None,
          sources: Sequence[Tuple[str, int, int]] = ()) -> dict:
     years = [p for p in sorted(src.iterdir()) if (p / "Annotations").is_dir()]
@@ -84,7 +74,7 @@ def pack(src: Path, dst: Path, max_side: int, quality: int, splits: Optional[Seq
         (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
         (out / "Annotations").mkdir(parents=True, exist_ok=True)
         shutil.copytree(year / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
-        keep = split_ids(year, splits) if splits else None
+        keep = {i for name in splits for i in read_split(year, name)} if splits else None
         for xml_path in sorted((year / "Annotations").glob("*.xml")):
             if keep is not None and xml_path.stem not in keep:
                 continue

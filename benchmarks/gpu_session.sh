@@ -32,6 +32,9 @@ CLI="python3 -m jetson_compress.cli"
   > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
+# A run's log without its progress-bar lines.
+strip_progress() { tr '\r' '\n' < "$1" | grep -v "it/s" > "$2"; }
+
 # The EMA weights of a run's last.pt as an fp16 checkpoint: what comes back when a run was stopped before final_fp16.pt.
 ema_of_last() {
   python3 -c "
@@ -62,7 +65,7 @@ if [ "${1:-}" = input_size ]; then
   cd "$W"
   for S in $SIZES; do
     d=in$S$T
-    tr '\r' '\n' < $d.log | grep -v "it/s" > $d.txt
+    strip_progress $d.log $d.txt
     f=$d/final_fp16.pt
     if [ ! -f $f ] && [ -f $d/last.pt ]; then f=$d/last_ema_fp16.pt; ema_of_last $d/last.pt $f; fi
     tar czf "$OUT/$d.tgz" $d.txt $f $d/train_summary.json $d/*.yaml 2>/dev/null
@@ -96,7 +99,7 @@ wait
 cd "$W"
 # A returned file may have 16 MiB: no last.pt (optimizer state), no progress-bar lines. If the run was stopped before
 # final_fp16.pt, its last EMA weights come back instead (fp16, the train history kept).
-for f in *.log; do tr '\r' '\n' < "$f" | grep -v "it/s" > "${f%.log}.txt"; done
+for f in *.log; do strip_progress "$f" "${f%.log}.txt"; done
 d=base_unfrozen_long; f=$d/final_fp16.pt
 if [ ! -f $f ]; then f=$d/last_ema_fp16.pt; ema_of_last $d/last.pt $f; fi
 tar czf "$OUT/$d.tgz" $d.txt $f $d/train_summary.json $d/*.yaml 2>/dev/null
