@@ -9,7 +9,9 @@ AP50 (VOC07 11-point), recall of all evaluated detections, and recall at the dep
 (``nms.score_threshold`` of the configuration, the threshold the demo draws with). The same figures on the
 training split tell under-fitting (low there too) from a failure to generalise (high there, low on test). The
 detections at the deploy threshold are counted by kind: true, duplicate, badly localised on a person (IoU 0.1–0.5),
-background (IoU < 0.1), and how many of the background ones fall on images without a person at all.
+background (IoU < 0.1), and how many of the background ones fall on images without a person at all; the badly
+localised ones by how they miss: a box around several people, around one but too large, inside one (a part of
+it), or shifted.
 
     python benchmarks/accuracy_by_size.py --data ../shared/data/pedestrians/VOCdevkit \\
         [--checkpoint A.pt B.pt] [--splits test trainval] [--edges 16 32 64] [--input-sizes 320 416]
@@ -41,9 +43,12 @@ from benchmarks.common import environment, load_baseline, save_plot  # noqa: E40
 from compress.checkpoint import atomic_write_bytes, load_model  # noqa: E402
 from compress.inference import predict_dataset, prediction_settings  # noqa: E402
 from compress.voc import VOCDataset  # noqa: E402
-from compress.voc_eval import Detections, evaluate_size_ranges, pairwise_iou, source_of  # noqa: E402
+from compress.voc_eval import (Detections, box_areas, evaluate_size_ranges, pairwise_intersection,  # noqa: E402
+                               pairwise_iou, source_of)
 
 KINDS = ("true", "duplicate", "localisation", "background", "ignored")
+PLACEMENTS = ("several", "too large", "too small", "shifted")  # how a localisation detection misses
+COVER = 0.7  # a box holds another when at least this share of the other's area lies inside it
 
 
 def size_ranges(edges: Sequence[float]) -> List[Tuple[float, float]]:
@@ -76,12 +81,12 @@ def above(dets: Dict[str, Detections], threshold: float) -> Dict[str, Detections
     return {i: Detections(*(a[d.scores >= threshold] for a in d)) for i, d in dets.items()}
 
 
-def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
-    """What the detections at score >= ``threshold`` are. In each image, by descending score, a detection takes the
-    same-class object of largest IoU (VOC's rule): IoU >= 0.5 with an object not yet taken is ``true``, with one
-    already taken ``duplicate``, with a difficult one ``ignored``; 0.1 <= IoU < 0.5 is ``localisation`` (a box on
-    a person, badly placed or spanning several); below 0.1 ``background``."""
-    counts = dict.fromkeys(KINDS, 0)
+def _deploy_matches(dets: Dict[str, Detections], gts: Dict, threshold: float):
+    """Every detection at score >= ``threshold`` as ``(kind, box, label, best, gt)``. In each image, by descending
+    score, a detection takes the same-class object of largest IoU (VOC's rule): IoU >= 0.5 with an object not yet
+    taken is ``true``, with one already taken ``duplicate``, with a difficult one ``ignored``; 0.1 <= IoU < 0.5 is
+    ``localisation`` (a box on a person, badly placed or spanning several); below 0.1 ``background``. ``best`` is
+    that object's index in ``gt`` (-1 when the image has none of the class)."""
     for image_id, det in dets.items():
         gt = gts[image_id]
         keep = np.flatnonzero(det.scores >= threshold)
@@ -97,7 +102,36 @@ def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) ->
                 taken[best] = True
             else:
                 kind = "localisation" if overlap >= 0.1 else "background"
-            counts[kind] += 1
+            yield kind, det.boxes[keep[k]], int(det.labels[keep[k]]), best, gt
+
+
+def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
+    """What the detections at score >= ``threshold`` are: counts of ``_deploy_matches``' kinds."""
+    counts = dict.fromkeys(KINDS, 0)
+    for kind, *_ in _deploy_matches(dets, gts, threshold):
+        counts[kind] += 1
+    return counts
+
+
+def placement_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
+    """How the ``localisation`` detections (0.1 <= IoU < 0.5 with their best object) miss, by what holds what
+    (at least ``COVER`` of a box's area inside the other): a box holding two or more objects of its class is
+    ``several`` (a group boxed as one); else one holding its best object is ``too large``; one inside that object
+    ``too small`` (a part of it); the rest ``shifted``."""
+    counts = dict.fromkeys(PLACEMENTS, 0)
+    for kind, box, label, best, gt in _deploy_matches(dets, gts, threshold):
+        if kind != "localisation":
+            continue
+        inter = pairwise_intersection(box[None], gt.boxes)[0][0]
+        held = (inter >= COVER * box_areas(gt.boxes)) & (np.asarray(gt.labels) == label)
+        if np.count_nonzero(held) >= 2:
+            counts["several"] += 1
+        elif held[best]:
+            counts["too large"] += 1
+        elif inter[best] >= COVER * box_areas(box[None])[0]:
+            counts["too small"] += 1
+        else:
+            counts["shifted"] += 1
     return counts
 
 
@@ -110,10 +144,12 @@ def on_negative_images(dets: Dict[str, Detections], gts: Dict, threshold: float)
 
 
 def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int, edges: Sequence[float],
-              deploy_threshold: float) -> Tuple[List[Dict], Dict[str, Dict[str, int]], Dict[str, Dict[str, int]]]:
+              deploy_threshold: float) -> Tuple[List[Dict], Dict[str, Dict[str, int]], Dict[str, Dict[str, int]],
+                                                Dict[str, Dict[str, int]]]:
     """One row per (source, size range), ``all`` first, then each id prefix (see the module docstring); per source
-    the detections at the deploy threshold counted by kind (``detection_kinds``), and those of them on images without
-    an object of the evaluated classes (``on_negative_images``)."""
+    the detections at the deploy threshold counted by kind (``detection_kinds``), the badly placed ones of them by how
+    they miss (``placement_kinds``), and those on images without an object of the evaluated classes
+    (``on_negative_images``)."""
     gts = dataset.ground_truths()
     heights = input_heights(dataset, input_size)
     ranges = size_ranges(edges)
@@ -123,7 +159,7 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
         source = source_of(image_id)
         if source is not None:
             groups.setdefault(source, []).append(image_id)
-    rows, kinds, negatives = [], {}, {}
+    rows, kinds, placements, negatives = [], {}, {}, {}
     for source, ids in groups.items():
         g = {i: gts[i] for i in ids}
         h = {i: heights[i] for i in ids}
@@ -131,6 +167,7 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
         evaluated = evaluate_size_ranges(d, g, cls, h, ranges)
         deployed = evaluate_size_ranges(above(d, deploy_threshold), g, cls, h, ranges)
         kinds[source] = detection_kinds(d, g, deploy_threshold)
+        placements[source] = placement_kinds(d, g, deploy_threshold)
         negatives[source] = on_negative_images(d, g, deploy_threshold)
         for (lo, hi), ev, dep in zip(ranges, evaluated, deployed):
             n = sum(ev["npos"].values())
@@ -138,7 +175,7 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
                          "gt": n, "ap50": ev["map"] if n else None,  # figures over the classes with objects here
                          "recall": float(np.nanmean(list(ev["recall"].values()))) if n else None,
                          "recall_deploy": float(np.nanmean(list(dep["recall"].values()))) if n else None})
-    return rows, kinds, negatives
+    return rows, kinds, placements, negatives
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -174,6 +211,16 @@ def markdown(results: List[Dict], edges: Sequence[float], deploy_threshold: floa
             lines.append(f"| {source} | {total} | " + " | ".join(
                 f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in KINDS) + " | "
                 + (f"{neg['detections']} ({neg['images']})" if neg else "–") + " |")
+        placements = res.get("deploy_placements")  # reports written before it have none
+        if placements:
+            lines += ["", f"The badly placed ones (localisation) by how they miss: a box holding ≥ 2 objects "
+                      f"(≥ {COVER:.0%} of each inside it), holding its best-IoU object, inside that object, "
+                      "or shifted:", "", "| source | localisation | " + " | ".join(PLACEMENTS) + " |",
+                      "|---|---|" + "---|" * len(PLACEMENTS)]
+            for source, counts in placements.items():
+                total = sum(counts.values())
+                lines.append(f"| {source} | {total} | " + " | ".join(
+                    f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in PLACEMENTS) + " |")
         lines.append("")
     lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
@@ -260,10 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             for split, ds in datasets.items():
                 dets, timing = predict_dataset(model, ds, size, progress=True, **prediction_settings(cfg["eval"]))
                 # binned by height at the trained size: the same people in a row whatever size is evaluated
-                rows, kinds, negatives = breakdown(dets, ds, trained, args.edges, deploy_threshold)
+                rows, kinds, placements, negatives = breakdown(dets, ds, trained, args.edges, deploy_threshold)
                 results.append({"checkpoint": label, "split": split, "images": len(ds), "input_size": size,
                                 "trained_input_size": trained, "rows": rows, "deploy_detections": kinds,
-                                "deploy_on_negatives": negatives})
+                                "deploy_placements": placements, "deploy_on_negatives": negatives})
                 print(f"{label} {split} ({timing['seconds']:.0f} s): " + "; ".join(
                     f"{r['source']} {r['range']} AP50 {_fmt(r['ap50'])} recall {_fmt(r['recall'])}"
                     for r in rows if r["range"] in ("all", range_name(*ranges[-1]))), flush=True)

@@ -33,7 +33,8 @@ CLI="python3 -m jetson_compress.cli"
 cat "$OUT/environment.txt"
 
 # A run's log without its progress-bar lines.
-strip_progress() { tr '\r' '\n' < "$1" | grep -v "it/s" > "$2"; }
+# tqdm's rate is it/s or s/it (img/s or s/img in evaluation); blank lines are what a cleared bar leaves.
+strip_progress() { tr '\r' '\n' < "$1" | grep -vE '(it|img)/s|s/(it|img)|^ *$' > "$2"; }
 
 # The EMA weights of a run's last.pt as an fp16 checkpoint: what comes back when a run was stopped before final_fp16.pt.
 ema_of_last() {

@@ -307,14 +307,24 @@ def _match_all(
     return matches
 
 
-def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``(len(a), len(b))`` in float64, continuous coordinates (no +1); 0 where boxes do not overlap."""
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Areas of ``(n, 4)`` boxes in continuous coordinates (no +1)."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def pairwise_intersection(boxes_a: np.ndarray, boxes_b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Intersection areas ``(len(a), len(b))`` in continuous coordinates, and where the boxes overlap at all (the
+    devkit's ``iw > 0 & ih > 0``; the area is 0 elsewhere)."""
     width = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2]) - np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
     height = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3]) - np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
-    overlap = (width > 0) & (height > 0)  # the devkit's 'iw>0 & ih>0'
-    intersection = np.where(overlap, width * height, 0.0)
-    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
-    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
+    overlap = (width > 0) & (height > 0)
+    return np.where(overlap, width * height, 0.0), overlap
+
+
+def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``(len(a), len(b))`` in float64, continuous coordinates (no +1); 0 where boxes do not overlap."""
+    intersection, overlap = pairwise_intersection(boxes_a, boxes_b)
+    area_a, area_b = box_areas(boxes_a), box_areas(boxes_b)
     union = area_a[:, None] + area_b[None, :] - intersection
     iou = np.zeros(intersection.shape)
     np.divide(intersection, union, out=iou, where=overlap)  # union >= intersection > 0 where overlap

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.accuracy_by_size import (breakdown, detection_kinds, input_heights, main, on_negative_images,
-                                         size_ranges)
+                                         placement_kinds, size_ranges)
 from compress.voc import VOCDataset
 from compress.voc_eval import Detections, pairwise_iou
 
@@ -31,7 +31,8 @@ def test_breakdown_on_the_voc_sample(voc_sample) -> None:
     assert heights["000005"].shape == (0,)
     gt = ds.ground_truths()["000009"]
     dets = {"000009": Detections(gt.boxes.copy(), np.array([0.9, 0.8, 0.2]), np.zeros(3, dtype=np.int64))}
-    rows, kinds, negatives = breakdown(dets, ds, 320, [40, 88], deploy_threshold=0.3)
+    rows, kinds, placements, negatives = breakdown(dets, ds, 320, [40, 88], deploy_threshold=0.3)
+    assert kinds["all"]["true"] == 2 and sum(placements["all"].values()) == kinds["all"]["localisation"] == 0
     # no detection on the person-less images (000005 and the others of the sample without a person)
     empty = sorted(i for i, g in ds.ground_truths().items() if len(g.labels) == 0)
     assert "000005" in empty and negatives == {"all": {"images": len(empty), "detections": 0}}
@@ -76,6 +77,30 @@ def test_detection_kinds_by_hand(voc_sample) -> None:
     assert on_negative_images(dets, both, 0.3) == {"images": 1, "detections": 0}  # 000009's far box is not on one
 
 
+def test_placement_kinds_by_hand(voc_sample) -> None:
+    gt = VOCDataset(voc_sample, "trainval").ground_truths()["000009"]
+    a, b, c = gt.boxes.astype(np.float64)  # a = (149, 140, 229, 284), 80 x 144; b and c overlap, right of a
+    boxes = np.array([
+        [149, 140, 327, 331],  # around all three: IoU 11520 / 33998 = 0.34 with a -> several
+        [149, 140, 229, 572],  # a three times as tall: holds a only, IoU 1/3 -> too large
+        [149, 140, 229, 188],  # a's top third: IoU 1/3, lies inside a -> too small
+        [189, 140, 269, 284],  # a moved right by half its width: IoU 1/3, half of each in the other -> shifted
+        [0, 0, 5, 5],          # background: not a placement
+        a,                     # true: not a placement
+    ], dtype=np.float64)
+    iou = pairwise_iou(boxes[:4], gt.boxes).max(1)
+    np.testing.assert_allclose(iou, [11520 / 33998, 1 / 3, 1 / 3, 1 / 3], atol=1e-12)
+    dets = {"000009": Detections(boxes, np.linspace(0.9, 0.4, 6), np.zeros(6, dtype=np.int64))}
+    gts = {"000009": gt}
+    assert detection_kinds(dets, gts, 0.3)["localisation"] == 4
+    assert placement_kinds(dets, gts, 0.3) == {"several": 1, "too large": 1, "too small": 1, "shifted": 1}
+    # Below the threshold nothing is counted; a box around two objects of another class holds none of its own.
+    assert placement_kinds(dets, gts, 0.95) == dict.fromkeys(("several", "too large", "too small", "shifted"), 0)
+    other = {"000009": gt._replace(labels=np.array([0, 1, 1]))}  # b and c made another class
+    assert placement_kinds({"000009": Detections(boxes[:1], np.array([0.9]), np.zeros(1, dtype=np.int64))},
+                           other, 0.3) == {"several": 0, "too large": 1, "too small": 0, "shifted": 0}
+
+
 def test_main_writes_the_report(voc_sample, tmp_path) -> None:
     report = main(["--data", str(voc_sample), "--splits", "test", "--edges", "64", "--threads", "1",
                    "--out", str(tmp_path)])
@@ -93,6 +118,8 @@ def test_main_writes_the_report(voc_sample, tmp_path) -> None:
     negatives = saved["results"][0]["deploy_on_negatives"]["all"]
     assert negatives["detections"] <= counts["background"] and negatives["images"] == 5  # test images without a person
     assert "on images without objects" in (tmp_path / "accuracy_by_size.md").read_text()
+    placements = saved["results"][0]["deploy_placements"]["all"]
+    assert sum(placements.values()) == counts["localisation"]
 
 
 def test_bad_edges_are_refused_before_any_work(voc_sample, tmp_path, capsys) -> None:
