@@ -182,6 +182,12 @@ def _fmt(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _counts_row(source: str, counts: Dict[str, int], keys: Sequence[str]) -> str:
+    """A table row's first cells: the source, the total, then each count with its share of the total."""
+    total = sum(counts.values())
+    return f"| {source} | {total} | " + " | ".join(f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in keys)
+
+
 def markdown(results: List[Dict], edges: Sequence[float], deploy_threshold: float, env: Dict) -> str:
     names = [range_name(lo, hi) for lo, hi in size_ranges(edges)]
     lines = ["# Accuracy by object size", "",
@@ -206,21 +212,16 @@ def markdown(results: List[Dict], edges: Sequence[float], deploy_threshold: floa
                   "objects (images) |", "|---|---|" + "---|" * (len(KINDS) + 1)]
         negatives = res.get("deploy_on_negatives", {})  # reports written before it have no such counts
         for source, counts in res["deploy_detections"].items():
-            total = sum(counts.values())
             neg = negatives.get(source)
-            lines.append(f"| {source} | {total} | " + " | ".join(
-                f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in KINDS) + " | "
-                + (f"{neg['detections']} ({neg['images']})" if neg else "–") + " |")
+            lines.append(_counts_row(source, counts, KINDS) + " | "
+                         + (f"{neg['detections']} ({neg['images']})" if neg else "–") + " |")
         placements = res.get("deploy_placements")  # reports written before it have none
         if placements:
             lines += ["", f"The badly placed ones (localisation) by how they miss: a box holding ≥ 2 objects "
                       f"(≥ {COVER:.0%} of each inside it), holding its best-IoU object, inside that object, "
                       "or shifted:", "", "| source | localisation | " + " | ".join(PLACEMENTS) + " |",
                       "|---|---|" + "---|" * len(PLACEMENTS)]
-            for source, counts in placements.items():
-                total = sum(counts.values())
-                lines.append(f"| {source} | {total} | " + " | ".join(
-                    f"{counts[k]} ({counts[k] / max(total, 1):.0%})" for k in PLACEMENTS) + " |")
+            lines += [_counts_row(source, counts, PLACEMENTS) + " |" for source, counts in placements.items()]
         lines.append("")
     lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
