@@ -12,6 +12,7 @@ reports that give one name different figures are refused.
         $R/baseline_architecture/{input_size,wide_neck,wide_neck/seed1,assigner}/accuracy_by_size.json \\
         $R/baseline_copy_paste/{,p10/,p025/,p05_seed2/,wide160_p05/}accuracy_by_size.json \\
         $R/baseline_freeze/{bbmult01,bbmult01_cp05,bbmult01_cp05_seed1,bbmult01_cp05_seed2}/accuracy_by_size.json \\
+        $R/baseline_freeze/bbmult03_cp05/accuracy_by_size.json \\
         $R/gpu_input_size/in{320,416,512}/accuracy_by_size.json --out $R/baseline_recipes
 
 (the committed table; the data-scaling runs, trained on fewer images, and the test-time-size report are left out).
