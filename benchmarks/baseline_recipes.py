@@ -59,8 +59,8 @@ def collect(paths: Sequence[Path], split: str = "test") -> List[Dict]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not an accuracy_by_size report ({type(exc).__name__}: {exc})") from exc
         for name, rows, size in found:
-            ap = {s: None if rows.get(k) is None else float(rows[k])
-                  for s, k in ((s, "all" if s == "overall" else s) for s in SOURCES)}
+            ap = {s: rows.get("all" if s == "overall" else s) for s in SOURCES}
+            ap = {s: None if v is None else float(v) for s, v in ap.items()}
             key = _rounded(ap)
             if name in by_name:
                 if _rounded(by_name[name]["ap50"]) != key:
