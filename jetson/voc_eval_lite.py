@@ -22,6 +22,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from runtime.nms import descending_order
+
 __all__ = [
     "VOCError", "GroundTruth", "Detections", "ImageRecord", "find_year_dir", "read_split_ids", "read_annotation",
     "read_voc_split", "voc_ap", "evaluate_detections", "evaluate_all", "source_of",
@@ -231,7 +233,7 @@ def _class_outcomes(detections, ground_truths, class_index, iou_threshold):
     scores = np.concatenate(scores)
     best_iou = np.concatenate(best_iou)
     hard = np.concatenate(hard)
-    order = np.argsort(-scores, kind="stable")
+    order = descending_order(scores)
     matched = set()
     flags = []
     for index in order:

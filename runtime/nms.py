@@ -20,7 +20,7 @@ Conventions shared by both implementations:
 
 import numpy as np
 
-__all__ = ["nms", "batched_nms", "postprocess"]
+__all__ = ["nms", "batched_nms", "postprocess", "descending_order"]
 
 
 def _as_boxes(boxes):
@@ -55,9 +55,19 @@ def _check_limit(value, name):
 _BLOCK = 64
 
 
+def descending_order(scores):
+    """Indices that sort ``scores`` descending, ties in ascending index (a stable sort of the negated scores).
+
+    ``kind="mergesort"``, not ``"stable"``: JetPack 4.6 installs numpy 1.13.3, which knows ``"stable"`` only from
+    numpy 1.15 on; every numpy sorts stably under ``"mergesort"`` (newer ones with the same algorithm as
+    ``"stable"``). tests/test_device_runtime_floor.py runs this under numpy 1.13.3.
+    """
+    return np.argsort(-np.asarray(scores), kind="mergesort")
+
+
 def _stack_candidates(boxes, scores, labels):
     """Sort by descending score (stable) and stack as (7, n) float64: x1, y1, x2, y2, area, label, position."""
-    order = np.argsort(-scores, kind="stable")
+    order = descending_order(scores)
     sorted_boxes = boxes[order]
     x1 = sorted_boxes[:, 0]
     y1 = sorted_boxes[:, 1]
@@ -204,7 +214,7 @@ def postprocess(boxes, scores, score_threshold, iou_threshold, max_detections, p
     box_index, labels = np.nonzero(scores > score_threshold)
     pair_scores = scores[box_index, labels]
     if pre_nms_topk is not None and pair_scores.shape[0] > int(pre_nms_topk):
-        top = np.argsort(-pair_scores.astype(np.float64), kind="stable")[:int(pre_nms_topk)]
+        top = descending_order(pair_scores.astype(np.float64))[:int(pre_nms_topk)]
         box_index = box_index[top]
         labels = labels[top]
         pair_scores = pair_scores[top]

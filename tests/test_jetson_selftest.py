@@ -115,11 +115,13 @@ def run_setup(*args, **env):
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
 
 
-def test_setup_syntax_and_shellcheck():
-    assert subprocess.run(["bash", "-n", str(SETUP)]).returncode == 0
+@pytest.mark.parametrize("script", [SETUP, REPO / "tests" / "device_floor" / "make_envs.sh", REPO / ".ci" / "run"],
+                         ids=lambda path: path.name)
+def test_shell_script_syntax_and_shellcheck(script):
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck)")
-    result = subprocess.run(["shellcheck", str(SETUP)], stdout=subprocess.PIPE, universal_newlines=True)
+    result = subprocess.run(["shellcheck", str(script)], stdout=subprocess.PIPE, universal_newlines=True)
     assert result.returncode == 0, result.stdout
 
 
