@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -37,10 +38,11 @@ def python36(name: str) -> str:
     return str(path)
 
 
-def run36(name: str, args, timeout=300) -> subprocess.CompletedProcess:
-    completed = subprocess.run([python36(name)] + [str(a) for a in args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
-    return completed
+def run36(name: str, args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
+    """``python ARGS`` in environment ``name``, importing only what ``cwd`` holds (no repository on the path)."""
+    env = dict(os.environ, PYTHONPATH=str(cwd))
+    return subprocess.run([python36(name)] + [str(a) for a in args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,16 @@ def floor_bundle(tmp_path_factory) -> Path:
     return root / "bundle"
 
 
+@pytest.fixture(scope="module")
+def nano(floor_bundle, tmp_path_factory) -> Path:
+    """What the README copies to the Nano: trt/, runtime/, jetson/ and the bundle, nothing else of the repository."""
+    root = tmp_path_factory.mktemp("nano")
+    for package in ("trt", "runtime", "jetson"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(floor_bundle, root / "bundle")
+    return root
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_environment_holds_the_pinned_floor(name):
     probe = ("import sys, numpy, cv2\n"
@@ -71,9 +83,9 @@ def test_environment_holds_the_pinned_floor(name):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_selftest_passes(name, tmp_path):
+def test_selftest_passes(name, nano, tmp_path):
     out = tmp_path / "selftest.json"
-    completed = run36(name, ["-m", "jetson.selftest", "--json", out])
+    completed = run36(name, ["-m", "jetson.selftest", "--json", out], cwd=nano)
     assert completed.returncode == 0, completed.stdout
     checks = {c["name"]: c["status"] for c in json.loads(out.read_text())["checks"]}
     assert checks["python"] == checks["numpy"] == checks["cv2"] == checks["cv2 video I/O"] == "OK", checks
@@ -109,7 +121,7 @@ def assert_same_numbers(got, expected, tol, where="result"):
         assert got == expected, where
 
 
-def test_detections_and_ap_at_numpy_1_13_equal_the_host(floor_bundle, tmp_path, monkeypatch):
+def test_detections_and_ap_at_numpy_1_13_equal_the_host(nano, tmp_path, monkeypatch):
     """Pre-processing with OpenCV 4.1.1, decoding, NMS and VOC AP with numpy 1.13.3 on 24 real test images give the
     host's numbers; the network's outputs are the host's, replayed (no backend installs beside numpy 1.13)."""
     from jetson import benchmark
@@ -117,13 +129,13 @@ def test_detections_and_ap_at_numpy_1_13_equal_the_host(floor_bundle, tmp_path, 
     from runtime.bundle import load_bundle, variant_path
     from runtime.runners import OnnxRuntimeRunner
 
-    manifest = load_bundle(floor_bundle)
+    manifest = load_bundle(nano / "bundle")
     records, ground_truths = read_voc_split(PEDESTRIANS, "test", classes=manifest["classes"])
     chosen = []
     for source in ("coco", "mot15", "pennfudan"):
         chosen += [r for r in records if r.image_id.startswith(source + "_")][:PER_SOURCE]
     truths = OrderedDict((r.image_id, ground_truths[r.image_id]) for r in chosen)
-    with OnnxRuntimeRunner(variant_path(floor_bundle, manifest, "baseline"), threads=1) as ort_runner:
+    with OnnxRuntimeRunner(variant_path(nano / "bundle", manifest, "baseline"), threads=1) as ort_runner:
         recorder = RecordingRunner(ort_runner)
         # the same wrapper the device side uses, restored by monkeypatch after the test
         monkeypatch.setattr(benchmark, "detections_from_outputs", benchmark.detections_from_outputs)
@@ -138,7 +150,7 @@ def test_detections_and_ap_at_numpy_1_13_equal_the_host(floor_bundle, tmp_path, 
     recording, out = tmp_path / "recording.npz", tmp_path / "device.json"
     np.savez(recording, **arrays)
 
-    completed = run36("jetpack", [REPLAY, floor_bundle, recording, PEDESTRIANS, out])
+    completed = run36("jetpack", [REPLAY, "bundle", recording, PEDESTRIANS, out], cwd=nano)
     assert completed.returncode == 0, completed.stdout
     device = json.loads(out.read_text())
     assert device["numpy"] == "1.13.3"
@@ -159,27 +171,26 @@ def test_detections_and_ap_at_numpy_1_13_equal_the_host(floor_bundle, tmp_path, 
     assert host["voc07_11point"]["ap"]["person"] > 0.5  # the shipped detector, not noise
 
 
-def _benchmark(python, bundle, out):
-    args = ["-m", "jetson.benchmark", bundle, "--backend", "ort", "--runs", "4", "--warmup", "1", "--round-size", "2",
-            "--pipeline-runs", "3", "--threads", "2", "--no-tegrastats", "--eval", PEDESTRIANS, "--json", out,
-            "--md", out.with_suffix(".md")]
-    completed = subprocess.run([python] + [str(a) for a in args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+def _benchmark(run, out):
+    completed = run(["-m", "jetson.benchmark", "bundle", "--backend", "ort", "--runs", "4", "--warmup", "1",
+                     "--round-size", "2", "--pipeline-runs", "3", "--threads", "2", "--no-tegrastats",
+                     "--eval", PEDESTRIANS, "--json", out, "--md", out.with_suffix(".md")])
     assert completed.returncode == 0, completed.stdout
     return json.loads(out.read_text())
 
 
-def test_benchmark_on_onnxruntime_1_10_matches_the_host(floor_bundle, tmp_path):
+def test_benchmark_on_onnxruntime_1_10_matches_the_host(nano, tmp_path):
     """`python3 -m jetson.benchmark --eval` end to end on Python 3.6 / onnxruntime 1.10 / numpy 1.19 / OpenCV 4.1.1:
     both variants load, are timed side by side and score the host's AP50 on the whole test split (233 images) to
     within half a point, overall and per source. Measured: the shipped baseline 0.6032 against 0.6037 (COCO 0.2550
     against 0.2555, MOT15 and Penn-Fudan equal), the unfine-tuned pruned variant 0.5194 against 0.5219 (Penn-Fudan
     all-point 0.8395 against 0.8440): OpenCV 4.1.1's resampling (above), the only input that differs."""
-    python = python36("ort")
-    device = _benchmark(python, floor_bundle, tmp_path / "device.json")
-    host = _benchmark(sys.executable, floor_bundle, tmp_path / "host.json")
+    device = _benchmark(lambda args: run36("ort", args, cwd=nano), tmp_path / "device.json")
+    host = _benchmark(lambda args: subprocess.run([sys.executable] + [str(a) for a in args], cwd=nano,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  universal_newlines=True, timeout=300), tmp_path / "host.json")
     assert device["environment"]["python"].startswith("3.6.")
-    manifest = json.loads((floor_bundle / "manifest.json").read_text())
+    manifest = json.loads((nano / "bundle" / "manifest.json").read_text())
     assert list(device["variants"]) == ["baseline", "pruned"]
     for name, row in device["variants"].items():
         assert row["latency_ms"]["count"] == 4 and row["pipeline"]["runs"] == 3
@@ -194,13 +205,13 @@ def test_benchmark_on_onnxruntime_1_10_matches_the_host(floor_bundle, tmp_path):
     assert device["variants"]["baseline"]["ap50"] > 0.59 and device["variants"]["pruned"]["ap50"] > 0.5
 
 
-def test_camera_demo_writes_the_annotated_video(floor_bundle, tmp_path):
+def test_camera_demo_writes_the_annotated_video(nano, tmp_path):
     """The demo on the real street video, headless, with OpenCV 4.1.1's decoder and writer."""
     import cv2
 
     video, out = require_video(), tmp_path / "demo.mp4"
-    completed = run36("ort", ["-m", "jetson.camera_demo", "--bundle", floor_bundle, "--backend", "ort",
-                              "--threads", "1", "--source", video, "--headless", "--out", out, "--max-frames", 12])
+    completed = run36("ort", ["-m", "jetson.camera_demo", "--bundle", "bundle", "--backend", "ort", "--threads", "1",
+                              "--source", video, "--headless", "--out", out, "--max-frames", 12], cwd=nano)
     assert completed.returncode == 0, completed.stdout
     capture = cv2.VideoCapture(str(out))
     frames = []

@@ -7,7 +7,7 @@ letterboxes and normalises with OpenCV 4.1.1, decodes the outputs, runs the nump
 1.13.3 — and only the inference is a test double: ``ReplayRunner`` hands back, call by call, the outputs ONNX Runtime
 produced on the host for the same images, and measures how far this side's pre-processed input is from the host's.
 
-    python replay_eval.py BUNDLE RECORDING.npz VOCROOT OUT.json
+    PYTHONPATH=DIR python replay_eval.py BUNDLE RECORDING.npz VOCROOT OUT.json   # DIR holds trt/, runtime/, jetson/
 
 RECORDING.npz (written by tests/test_device_runtime_floor.py): ``ids`` (image ids in call order), ``input_<k>`` and
 ``output_<k>_<name>`` for call k. OUT.json: the evaluation result, every image's detections, ``max_input_diff``, and
@@ -15,19 +15,15 @@ the latency and per-layer summaries of fixed samples (`runtime.measure`, `trt.pr
 """
 import collections
 import json
-import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import jetson.benchmark as benchmark  # noqa: E402
-from jetson.voc_eval_lite import read_voc_split  # noqa: E402
-from runtime.bundle import load_bundle  # noqa: E402
-from runtime.measure import summarize_ms  # noqa: E402
-from trt.profiler import LayerTimes  # noqa: E402
+import jetson.benchmark as benchmark
+from jetson.voc_eval_lite import read_voc_split
+from runtime.bundle import load_bundle
+from runtime.measure import summarize_ms
+from trt.profiler import LayerTimes
 
 
 class ReplayRunner(object):
