@@ -27,6 +27,7 @@ REPLAY = REPO / "tests" / "device_floor" / "replay_eval.py"
 # What each environment must hold (make_envs.sh pins them): Python, numpy, OpenCV, onnxruntime.
 EXPECTED = {"jetpack": ("3.6", "1.13.3", "4.1.1", None), "ort": ("3.6", "1.19.5", "4.1.1", "1.10.0")}
 PER_SOURCE = 8  # test images per source (coco, mot15, pennfudan) in the replayed evaluation
+DEVICE_SCRIPTS = ("device_prepost.py", "device_camera_memory.py")
 GREY_LEVELS_6 = 6 / 255 / 0.224  # six grey levels of 8-bit input after the ImageNet normalisation (smallest std)
 
 
@@ -68,6 +69,9 @@ def nano(floor_bundle, tmp_path_factory) -> Path:
     for package in ("trt", "runtime", "jetson"):
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(floor_bundle, root / "bundle")
+    (root / "benchmarks").mkdir()
+    for script in DEVICE_SCRIPTS:  # the device benchmark scripts run on the Nano too
+        shutil.copy(REPO / "benchmarks" / script, root / "benchmarks" / script)
     return root
 
 
@@ -222,3 +226,21 @@ def test_camera_demo_writes_the_annotated_video(nano, tmp_path):
         frames.append(frame.shape)
     capture.release()
     assert frames == [(480, 640, 3)] * 12
+
+
+def test_device_benchmark_scripts_run(nano, tmp_path):
+    """benchmarks/device_prepost.py and device_camera_memory.py (the latter runs the camera demo in a child) on the
+    real video, on Python 3.6 / onnxruntime 1.10 / OpenCV 4.1.1."""
+    video = require_video()
+    prepost, memory = tmp_path / "prepost.json", tmp_path / "memory.json"
+    completed = run36("ort", ["benchmarks/device_prepost.py", "bundle", "--video", video, "--frames", 6,
+                              "--json", prepost, "--md", tmp_path / "prepost.md"], cwd=nano)
+    assert completed.returncode == 0, completed.stdout
+    report = json.loads(prepost.read_text())
+    assert list(report["variants"]) == ["baseline", "pruned"] and report["environment"]["python"].startswith("3.6.")
+    completed = run36("ort", ["benchmarks/device_camera_memory.py", "bundle", "--video", video, "--frames", 40,
+                              "--every", 10, "--settle", 10, "--json", memory, "--png", tmp_path / "memory.png",
+                              "--out-video", tmp_path / "loop.mp4"], cwd=nano)
+    assert completed.returncode == 0, completed.stdout
+    report = json.loads(memory.read_text())
+    assert report["frames"] == 40 and report["verdict"]["samples_after_settle"] >= 3
