@@ -219,7 +219,8 @@ def test_demo_draws_boxes_and_an_overlay_that_says_what_it_measures():
     assert lines[0] == "pipeline FPS 23.4 (capture+pre+infer+post+draw+write, last 30 frames)"
     assert lines[1].startswith("infer 12.3 ms") and lines[2] == "1 detection (score > 0.30)"
     camera_demo.draw_overlay(frame, lines)
-    assert frame[:20, :100].max() == 255  # text was drawn
+    # text was drawn: anti-aliased white strokes (OpenCV 4.1-4.5 peak at 249, 5.x at 255; ~300 pixels > 200)
+    assert (frame[:20, :100] > 200).sum() > 150
 
 
 @pytest.mark.parametrize("width, height", [(640, 480), (1280, 720), (300, 500)])

@@ -115,8 +115,8 @@ def run_setup(*args, **env):
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
 
 
-@pytest.mark.parametrize("script", [SETUP, REPO / "tests" / "device_floor" / "make_envs.sh", REPO / ".ci" / "run"],
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize("script", [SETUP, REPO / "tests" / "device_floor" / "make_envs.sh", REPO / ".ci" / "run",
+                                    REPO / "tests" / "lowest_deps" / "run.sh"], ids=lambda path: path.parent.name)
 def test_shell_script_syntax_and_shellcheck(script):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     if shutil.which("shellcheck") is None:
