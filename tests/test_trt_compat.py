@@ -7,6 +7,7 @@ control flow of trt.builder and runtime.runners.TensorRTRunner (which branch is 
 buffers are allocated, copied and freed in order). They prove NOTHING about real TensorRT or pycuda: signatures,
 return types, memory semantics and numerical behaviour of the real libraries are not checked here. That needs a
 run on a machine with TensorRT (a Jetson Nano, TensorRT 8.2; or a desktop GPU, TensorRT 10).
+Their attribute *names* are checked against real releases' Python APIs in tests/test_trt_real_api.py.
 """
 
 import json
@@ -33,7 +34,6 @@ class _Enum(object):
 
 class _FakeLogger(object):
     WARNING = "WARNING"
-    INFO = "INFO"
 
     def __init__(self, severity):
         self.severity = severity
@@ -127,15 +127,11 @@ class _FakeOnnxParser(object):
 
 
 class _FakeBuilder(object):
-    fast_fp16 = True
+    """TensorRT 11's Builder (no platform_has_fast_fp16: FP16 went with BuilderFlag.FP16)."""
     config_cls = _Config10
 
     def __init__(self, logger):
         self.logger = logger
-
-    @property
-    def platform_has_fast_fp16(self):
-        return self.fast_fp16
 
     def create_network(self, flags):
         self.network_flags = flags
@@ -148,6 +144,15 @@ class _FakeBuilder(object):
         description = {"flags": config.flags, "network_flags": network.flags,
                        "workspace": [list(map(str, c)) for c in config.workspace_calls]}
         return json.dumps(description).encode("utf-8")
+
+
+class _FakeBuilderFP16(_FakeBuilder):
+    """8.x / 10.x: the GPU's fast-FP16 flag."""
+    fast_fp16 = True
+
+    @property
+    def platform_has_fast_fp16(self):
+        return self.fast_fp16
 
 
 # Engine doubles: input "images" (1, 3, 4, 4) float32; outputs "sum" (1, 1) and "double" (1, 3, 4, 4).
@@ -174,9 +179,8 @@ class _EngineBindingAPI(object):
         return _ContextBindingAPI()
 
 
-class _EngineTensorAPI(object):
+class _EngineTensorIO(object):
     num_io_tensors = len(_IO)
-    device_memory_size = 4096
 
     def get_tensor_name(self, i):
         return _IO[i][0]
@@ -192,6 +196,14 @@ class _EngineTensorAPI(object):
 
     def create_execution_context(self):
         return _ContextTensorAPI()
+
+
+class _EngineTensorAPI(_EngineTensorIO):
+    device_memory_size = 4096  # 8.5 - 10.x (10.x later adds device_memory_size_v2)
+
+
+class _EngineTensorAPI11(_EngineTensorIO):
+    device_memory_size_v2 = 4096  # TensorRT 11 keeps only this one
 
 
 class _EngineBothAPIs(_EngineBindingAPI, _EngineTensorAPI):
@@ -248,19 +260,19 @@ class _FakeRuntime(object):
         return self.engine_cls() if bytes(data).startswith(b"ENGINE") else None
 
 
-def _make_fake_tensorrt(version, config_cls, engine_cls, fp16_flag=True):
+def _make_fake_tensorrt(version, config_cls, engine_cls, before_11=True):
     module = types.ModuleType("tensorrt")
     module.__version__ = version
     module.Logger = _FakeLogger
-    module.NetworkDefinitionCreationFlag = _Enum(EXPLICIT_BATCH=0)
+    module.NetworkDefinitionCreationFlag = _Enum(EXPLICIT_BATCH=0) if before_11 else _Enum()
     module.MemoryPoolType = _Enum(WORKSPACE="WORKSPACE")
-    module.BuilderFlag = _Enum(FP16="FP16") if fp16_flag else _Enum()
-    module.TensorIOMode = _Enum(INPUT="INPUT", OUTPUT="OUTPUT")
+    module.BuilderFlag = _Enum(FP16="FP16") if before_11 else _Enum()
+    module.TensorIOMode = _Enum(INPUT="INPUT")
     module.nptype = lambda dtype: {"FLOAT": np.float32}[dtype]
     module.IProfiler = type("IProfiler", (object,), {"__init__": lambda self: None})
     module.IBuilderConfig = config_cls
     module.ICudaEngine = engine_cls
-    module.Builder = type("Builder", (_FakeBuilder,), {"config_cls": config_cls})
+    module.Builder = type("Builder", (_FakeBuilderFP16 if before_11 else _FakeBuilder,), {"config_cls": config_cls})
     module.OnnxParser = type("OnnxParser", (_FakeOnnxParser,), {"errors": []})
     module.Runtime = type("Runtime", (_FakeRuntime,), {"engine_cls": engine_cls})
     return module
@@ -282,8 +294,9 @@ def FakeTensorRT10():
 
 
 def FakeTensorRT11():
-    """Shaped like TensorRT 11: no BuilderFlag.FP16."""
-    return _make_fake_tensorrt("11.0.0.1", _Config10, _EngineTensorAPI, fp16_flag=False)
+    """Shaped like TensorRT 11 (tests/fixtures/tensorrt_api/11.0.0.114.json): no BuilderFlag.FP16, no
+    Builder.platform_has_fast_fp16, no EXPLICIT_BATCH, only device_memory_size_v2."""
+    return _make_fake_tensorrt("11.0.0.1", _Config10, _EngineTensorAPI11, before_11=False)
 
 
 class FakePycuda(object):
