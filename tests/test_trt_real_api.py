@@ -158,3 +158,28 @@ def test_every_listed_name_is_used_by_the_device_code():
                        + [REPO / "runtime" / "runners.py"])
     for where, name, _, _ in USED:
         assert re.search(r"\b{}\b".format(re.escape(name)), source), f"{where}.{name} is not in the device code"
+
+
+def shaped_like(version: str):
+    """A namespace with the real release's module names, classes holding exactly their real attribute names (values
+    are placeholders: only presence is real), so that `trt.compat`'s feature tests run on the real API's shape."""
+    listing = LISTINGS[version]
+    module = type("tensorrt", (), {"__version__": version})
+    for name in listing["module"]:
+        attributes = listing["classes"].get(name)
+        setattr(module, name, type(name, (), dict.fromkeys(attributes, None)) if attributes is not None else None)
+    return module
+
+
+@pytest.mark.parametrize("version, workspace, io, supported", [
+    (V86, "memory_pool_limit", "tensor", True), (V10_FIRST, "memory_pool_limit", "tensor", True),
+    (V10_RECENT, "memory_pool_limit", "tensor", True), (V11, "memory_pool_limit", "tensor", False)])
+def test_feature_selection_on_the_real_api_shapes(version, workspace, io, supported):
+    from trt import compat
+
+    found = compat.capabilities(shaped_like(version))
+    assert (found["workspace_api"], found["io_api"], found["supported"]) == (workspace, io, supported)
+    assert found["build_serialized_network"] and found["timing_cache"]
+    assert found["explicit_batch_flag"] == version.startswith("8.")
+    if not supported:
+        assert "BuilderFlag.FP16" in found["unsupported_reason"]
