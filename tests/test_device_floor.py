@@ -3,6 +3,8 @@
 (a) vermin finds no syntax, stdlib or keyword use newer than Python 3.6 (it is checked to catch a known violation).
 (b) every module imports in a fresh interpreter where torch, onnx, tensorrt and pycuda cannot be imported, and
     also with cv2 and onnxruntime blocked (they must be imported lazily, inside functions).
+(c) the host side's floor likewise: nothing newer than pyproject.toml's Python 3.10.
+The runtime floor (numpy 1.13.3, OpenCV 4.1.1 under a real Python 3.6) is tests/test_device_runtime_floor.py's.
 """
 
 import json
@@ -17,17 +19,18 @@ REPO = Path(__file__).resolve().parent.parent
 DEVICE_PACKAGES = ("trt", "runtime", "jetson")
 
 VERMIN = "import sys; from vermin import main; sys.exit(main())"
-VERMIN_ARGS = ["-t=3.6-", "--no-tips", "--violations", "--eval-annotations", "--pessimistic",
-               "--feature", "union-types", "--no-config-file", "-q"]
+VERMIN_ARGS = ["--no-tips", "--violations", "--eval-annotations", "--pessimistic", "--feature", "union-types",
+               "--no-config-file", "-q"]
 
 
-def run_vermin(paths):
+def run_vermin(paths, target="3.6"):
+    """vermin's violations of a minimum Python ``target`` in ``paths`` (exit status 0: none)."""
     try:
         import vermin  # noqa: F401
     except ImportError:
         pytest.fail("vermin is not installed: pip install -e '.[dev]' (it checks the device code's Python 3.6 floor)")
-    return subprocess.run([sys.executable, "-c", VERMIN] + VERMIN_ARGS + [str(p) for p in paths],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", VERMIN, f"-t={target}-"] + VERMIN_ARGS + [str(p) for p in paths],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
 
 
 def test_vermin_catches_a_known_violation(tmp_path):
@@ -60,6 +63,17 @@ def test_device_code_targets_python_36():
     for module in ("trt/builder.py", "runtime/runners.py", "jetson/camera_demo.py", "benchmarks/device_prepost.py"):
         assert str(REPO / module) in listed.stdout, module
     assert "Minimum required versions:" in listed.stdout
+
+
+def test_host_code_targets_python_310(tmp_path):
+    """The host side (and the tests) need no Python newer than pyproject.toml's requires-python (3.10)."""
+    assert 'requires-python = ">=3.10"' in (REPO / "pyproject.toml").read_text()
+    paths = [REPO / name for name in ("compress", "export", "jetson_compress", "benchmarks", "tests")]
+    result = run_vermin(paths, "3.10")
+    assert result.returncode == 0, "host code needs a Python newer than 3.10:\n" + result.stdout
+    bad = tmp_path / "needs_311.py"  # the same check catches a 3.11-only construct (an exception group)
+    bad.write_text("try:\n    pass\nexcept* ValueError:\n    pass\n")
+    assert run_vermin([bad], "3.10").returncode != 0
 
 
 IMPORT_ALL = textwrap.dedent("""\
