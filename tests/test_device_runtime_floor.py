@@ -210,13 +210,15 @@ def test_benchmark_on_onnxruntime_1_10_matches_the_host(nano, tmp_path):
 
 
 def test_camera_demo_writes_the_annotated_video(nano, tmp_path):
-    """The demo on the real street video, headless, with OpenCV 4.1.1's decoder and writer."""
+    """The demo on the real street video (354 frames), headless and looping past its end, with OpenCV 4.1.1's decoder
+    and writer: 360 annotated frames, one loop."""
     import cv2
 
     video, out = require_video(), tmp_path / "demo.mp4"
-    completed = run36("ort", ["-m", "jetson.camera_demo", "--bundle", "bundle", "--backend", "ort", "--threads", "1",
-                              "--source", video, "--headless", "--out", out, "--max-frames", 12], cwd=nano)
+    completed = run36("ort", ["-m", "jetson.camera_demo", "--bundle", "bundle", "--backend", "ort", "--threads", "2",
+                              "--source", video, "--loop", "--headless", "--out", out, "--max-frames", 360], cwd=nano)
     assert completed.returncode == 0, completed.stdout
+    assert "source: 0 reconnects, 1 loops" in completed.stdout, completed.stdout
     capture = cv2.VideoCapture(str(out))
     frames = []
     while True:
@@ -225,7 +227,7 @@ def test_camera_demo_writes_the_annotated_video(nano, tmp_path):
             break
         frames.append(frame.shape)
     capture.release()
-    assert frames == [(480, 640, 3)] * 12
+    assert frames == [(480, 640, 3)] * 360
 
 
 def test_device_benchmark_scripts_run(nano, tmp_path):
