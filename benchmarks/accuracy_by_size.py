@@ -105,12 +105,32 @@ def _deploy_matches(dets: Dict[str, Detections], gts: Dict, threshold: float):
             yield kind, det.boxes[keep[k]], int(det.labels[keep[k]]), best, gt
 
 
+def _placement(box: np.ndarray, label: int, best: int, gt) -> str:
+    """How one ``localisation`` detection misses its best object ``gt.boxes[best]`` (see ``placement_kinds``)."""
+    inter = pairwise_intersection(box[None], gt.boxes)[0][0]
+    held = (inter >= COVER * box_areas(gt.boxes)) & (np.asarray(gt.labels) == label)
+    if np.count_nonzero(held) >= 2:
+        return "several"
+    if held[best]:
+        return "too large"
+    if inter[best] >= COVER * box_areas(box[None])[0]:
+        return "too small"
+    return "shifted"
+
+
+def deploy_counts(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """``detection_kinds`` and ``placement_kinds`` from one pass of the matcher."""
+    kinds, placements = dict.fromkeys(KINDS, 0), dict.fromkeys(PLACEMENTS, 0)
+    for kind, box, label, best, gt in _deploy_matches(dets, gts, threshold):
+        kinds[kind] += 1
+        if kind == "localisation":
+            placements[_placement(box, label, best, gt)] += 1
+    return kinds, placements
+
+
 def detection_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
     """What the detections at score >= ``threshold`` are: counts of ``_deploy_matches``' kinds."""
-    counts = dict.fromkeys(KINDS, 0)
-    for kind, *_ in _deploy_matches(dets, gts, threshold):
-        counts[kind] += 1
-    return counts
+    return deploy_counts(dets, gts, threshold)[0]
 
 
 def placement_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
@@ -118,21 +138,7 @@ def placement_kinds(dets: Dict[str, Detections], gts: Dict, threshold: float) ->
     (at least ``COVER`` of a box's area inside the other): a box holding two or more objects of its class is
     ``several`` (a group boxed as one); else one holding its best object is ``too large``; one inside that object
     ``too small`` (a part of it); the rest ``shifted``."""
-    counts = dict.fromkeys(PLACEMENTS, 0)
-    for kind, box, label, best, gt in _deploy_matches(dets, gts, threshold):
-        if kind != "localisation":
-            continue
-        inter = pairwise_intersection(box[None], gt.boxes)[0][0]
-        held = (inter >= COVER * box_areas(gt.boxes)) & (np.asarray(gt.labels) == label)
-        if np.count_nonzero(held) >= 2:
-            counts["several"] += 1
-        elif held[best]:
-            counts["too large"] += 1
-        elif inter[best] >= COVER * box_areas(box[None])[0]:
-            counts["too small"] += 1
-        else:
-            counts["shifted"] += 1
-    return counts
+    return deploy_counts(dets, gts, threshold)[1]
 
 
 def on_negative_images(dets: Dict[str, Detections], gts: Dict, threshold: float) -> Dict[str, int]:
@@ -166,8 +172,7 @@ def breakdown(dets: Dict[str, Detections], dataset: VOCDataset, input_size: int,
         d = {i: dets[i] for i in ids if i in dets}
         evaluated = evaluate_size_ranges(d, g, cls, h, ranges)
         deployed = evaluate_size_ranges(above(d, deploy_threshold), g, cls, h, ranges)
-        kinds[source] = detection_kinds(d, g, deploy_threshold)
-        placements[source] = placement_kinds(d, g, deploy_threshold)
+        kinds[source], placements[source] = deploy_counts(d, g, deploy_threshold)
         negatives[source] = on_negative_images(d, g, deploy_threshold)
         for (lo, hi), ev, dep in zip(ranges, evaluated, deployed):
             n = sum(ev["npos"].values())
