@@ -39,11 +39,16 @@ def python36(name: str) -> str:
     return str(path)
 
 
-def run36(name: str, args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
-    """``python ARGS`` in environment ``name``, importing only what ``cwd`` holds (no repository on the path)."""
+def run_python(python: str, args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
+    """``PYTHON ARGS`` importing only what ``cwd`` holds (no repository on the path)."""
     env = dict(os.environ, PYTHONPATH=str(cwd))
-    return subprocess.run([python36(name)] + [str(a) for a in args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.run([python] + [str(a) for a in args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
+
+
+def run36(name: str, args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
+    """``run_python`` in the Python 3.6 environment ``name``."""
+    return run_python(python36(name), args, cwd, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +195,7 @@ def test_benchmark_on_onnxruntime_1_10_matches_the_host(nano, tmp_path):
     against 0.2555, MOT15 and Penn-Fudan equal), the unfine-tuned pruned variant 0.5194 against 0.5219 (Penn-Fudan
     all-point 0.8395 against 0.8440): OpenCV 4.1.1's resampling (above), the only input that differs."""
     device = _benchmark(lambda args: run36("ort", args, cwd=nano), tmp_path / "device.json")
-    host = _benchmark(lambda args: subprocess.run([sys.executable] + [str(a) for a in args], cwd=nano,
-                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                  universal_newlines=True, timeout=300), tmp_path / "host.json")
+    host = _benchmark(lambda args: run_python(sys.executable, args, cwd=nano), tmp_path / "host.json")
     assert device["environment"]["python"].startswith("3.6.")
     manifest = json.loads((nano / "bundle" / "manifest.json").read_text())
     assert list(device["variants"]) == ["baseline", "pruned"]

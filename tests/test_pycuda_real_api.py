@@ -11,12 +11,12 @@ What this does not prove: signatures and behaviour (jetson/NEVER_RUN_ON_DEVICE.m
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from tests.conftest import REPO
 from tests.test_trt_compat import FakePycuda
+from tests.test_trt_real_api import assert_used_in_code, public_names
 
 LISTING = json.loads((REPO / "tests" / "fixtures" / "pycuda_api" / "2022.1.json").read_text())
 JETPACK_CUDA = 10020  # CUDA 10.2, as CUDAPP_CUDA_VERSION counts it
@@ -61,7 +61,7 @@ def test_the_double_offers_only_listed_names():
     _, driver = FakePycuda.module()
 
     def public(obj):
-        return {a for a in dir(obj) if not a.startswith("_")} - BOOKKEEPING
+        return public_names(obj, BOOKKEEPING)
 
     offered = {("driver", name) for name in public(driver)}
     classes = {"Device": "Device", "Stream": "Stream", "Event": "Event", "mem_alloc": "DeviceAllocation"}
@@ -73,7 +73,5 @@ def test_the_double_offers_only_listed_names():
 
 
 def test_every_listed_name_is_used_by_the_device_code():
-    source = "\n".join(path.read_text() for package in ("trt", "runtime", "jetson")
-                       for path in sorted((REPO / package).glob("*.py")))
-    for where, name in USED:
-        assert re.search(r"\b{}\b".format(re.escape(name)), source), f"{where}.{name} is not in the device code"
+    assert_used_in_code(USED, [path for package in ("trt", "runtime", "jetson")
+                               for path in sorted((REPO / package).glob("*.py"))])

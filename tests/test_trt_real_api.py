@@ -94,6 +94,19 @@ BOOKKEEPING = {"severity", "logger", "fast_fp16", "config_cls", "network_flags",
 DOUBLES = {"FakeTensorRT82": {V86}, "FakeTensorRT86": {V86}, "FakeTensorRT10": TENSORRT_10, "FakeTensorRT11": {V11}}
 
 
+def public_names(obj, bookkeeping) -> set:
+    """A test double's API names: its public attributes less those that only record calls for the tests."""
+    return {a for a in dir(obj) if not a.startswith("_")} - set(bookkeeping)
+
+
+def assert_used_in_code(used, paths):
+    """Every ``(where, name)`` of ``used`` occurs as a word in the files ``paths`` (so a table of names cannot go
+    stale)."""
+    source = "\n".join(path.read_text() for path in paths)
+    for where, name in used:
+        assert re.search(r"\b{}\b".format(re.escape(name)), source), f"{where}.{name} is not in the device code"
+
+
 def real_names(version: str, where: str):
     listing = LISTINGS[version]
     names = listing["module"] if where == "module" else listing["classes"][where]
@@ -119,7 +132,7 @@ def test_used_name_exists_where_the_code_relies_on_it(where, name, present, abse
 def double_api(module) -> dict:
     """{real class name: API names} offered by one fake tensorrt module and the objects it hands out."""
     def public(obj):
-        return {a for a in dir(obj) if not a.startswith("_")} - BOOKKEEPING
+        return public_names(obj, BOOKKEEPING)
 
     logger = module.Logger(module.Logger.WARNING)
     builder = module.Builder(logger)
@@ -154,10 +167,8 @@ def test_doubles_offer_only_real_names_that_the_table_lists(double):
 
 
 def test_every_listed_name_is_used_by_the_device_code():
-    source = "\n".join(path.read_text() for path in sorted((REPO / "trt").glob("*.py"))
-                       + [REPO / "runtime" / "runners.py"])
-    for where, name, _, _ in USED:
-        assert re.search(r"\b{}\b".format(re.escape(name)), source), f"{where}.{name} is not in the device code"
+    assert_used_in_code([(where, name) for where, name, _, _ in USED],
+                        sorted((REPO / "trt").glob("*.py")) + [REPO / "runtime" / "runners.py"])
 
 
 def shaped_like(version: str):
